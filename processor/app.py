@@ -1,0 +1,161 @@
+"""Wires the stages together for `run`: HTTP first (so /readyz answers 503 while loading), model, threads, loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+
+import cv2
+
+from models.loader import ModelFiles, resolve_model
+from processor.batcher import MicroBatcher
+from processor.consumer import StreamLoop
+from processor.decode import DecodeLimits, Decoder, DecodePool, Preprocessor
+from processor.engine import Engine, gpu_provider_listed
+from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
+from processor.errors import ProcessorError, Unrecoverable
+from processor.fetch import UrlFetcher
+from processor.http import Health, HttpServer
+from processor.inflight import InFlight
+from processor.metrics import Metrics
+from processor.publish import Publisher, dead_letter_outcome, producer_config, result_outcome
+from processor.scorer import Scorer
+from processor.settings import Delivery, Settings
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+def load_engine(settings: Settings) -> Engine:
+    model: ModelFiles = resolve_model(
+        settings.model_dir, settings.model_variant.value, gpu=gpu_provider_listed(settings.providers)
+    )
+    engine = Engine(model, settings.providers, require_gpu=settings.require_gpu, threads=settings.inference_threads,
+                    fake_label=settings.fake_label, threshold=settings.fake_threshold)  # fmt: skip
+    if not engine.gpu and model.variant == "fp16" and settings.model_variant.value == "auto":
+        # A GPU was listed but the session fell back to CPU: fp16 is the slow choice there, reload for CPU.
+        model = resolve_model(settings.model_dir, "auto", gpu=False)
+        engine = Engine(model, settings.providers, require_gpu=settings.require_gpu,
+                        threads=settings.inference_threads, fake_label=settings.fake_label,
+                        threshold=settings.fake_threshold)  # fmt: skip
+    return engine
+
+
+class Processor:
+    """The running service. `engine` may be swapped between batches (the scorer reads it per batch)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = Health()
+        self.http = HttpServer(settings.http_host, settings.http_port, self.health, self.metrics)
+        self.engine: Engine | None = None
+        self.loop: StreamLoop | None = None
+        self.scorer: Scorer | None = None
+        self.decode: DecodePool | None = None
+        self._signals = 0
+        self._stop_early = False
+        self.metrics.ready.set_function(lambda: 1.0 if self.health.ready else 0.0)
+
+    def _finish(self, item: InFlight) -> None:
+        """Decode/scoring threads: turn the event's fate into its one outcome, count it, wake the loop."""
+        s, m = self.settings, self.metrics
+        if item.error is not None:
+            item.outcome = dead_letter_outcome(item, item.error, s.dlq_topic)
+            m.dead_lettered.labels(code=item.error.code).inc()
+        else:
+            item.outcome = result_outcome(item, s.output_topic)
+            m.scored.labels(label=item.outcome.label or "").inc()
+        if item.decode_started:
+            m.stage_latency.labels(stage="queue").observe(item.decode_started - item.consumed_at)
+            m.stage_latency.labels(stage="decode").observe(max(0.0, item.decoded_at - item.decode_started))
+        assert self.loop is not None
+        self.loop.complete(item)
+
+    def _on_ack(self, item: InFlight) -> None:
+        now = time.monotonic()
+        self.metrics.stage_latency.labels(stage="produce").observe(now - item.produced_at)
+        if item.timestamp_ms is not None:
+            e2e = time.time() - item.timestamp_ms / 1000.0
+            self.metrics.stage_latency.labels(stage="end_to_end").observe(max(0.0, e2e))
+
+    def build(self) -> None:
+        s = self.settings
+        self.http.start()
+        engine = load_engine(s)
+        self.engine = engine
+        self.health.model_loaded = True
+        self.health.gpu_available, self.health.provider = engine.gpu, engine.provider
+        self.health.variant, self.health.model_name = engine.model.variant, engine.model.name
+        self.health.model_sha256 = engine.model.sha256
+        self.metrics.set_model(engine.model.name, engine.model.variant, engine.provider, engine.model.sha256)
+        pre = Preprocessor(engine.model.preprocess)
+        engine.warm_up(pre.shape, tuple(sorted({1, s.max_batch_size})))
+        self.health.warmed_up = True
+        batcher = MicroBatcher(s.max_batch_size, s.max_batch_wait_ms / 1000.0, pre.shape)
+        fetcher = UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes),
+                             read_timeout_s=s.fetch_timeout_s) if s.image_url_allowlist else None  # fmt: skip
+        limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
+        self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, self._finish)
+        self.scorer = Scorer(batcher, lambda: self._engine(), self._finish, self.metrics)
+        max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)
+        txn_id = None
+        if s.delivery is Delivery.EXACTLY_ONCE:
+            txn_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
+        publisher = Publisher(producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id), self._on_ack,
+                              lambda topic: self.metrics.produce_errors.labels(topic=topic).inc())  # fmt: skip
+        if txn_id:
+            publisher.producer.init_transactions(30)
+        self.loop = StreamLoop(s, self.decode, publisher, self.metrics, self.health)
+        self.scorer.start()
+
+    def _engine(self) -> Engine:
+        assert self.engine is not None
+        return self.engine
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit 0 after draining) or a fatal error (exit 1)."""
+        assert self.loop is not None and self.scorer is not None and self.decode is not None
+        loop, scorer = self.loop, self.scorer
+        if self._stop_early:
+            loop.stop_requested.set()
+        code = 0
+        try:
+            loop.run(lambda: scorer.fatal)
+        except (Unrecoverable, ProcessorError) as exc:
+            self.health.fatal = str(exc)
+            self.metrics.ready.set(0)
+            log.error("stopping on a fatal error", extra={"error": str(exc)})
+            code = 1
+        left = loop.shutdown(self.settings.shutdown_timeout_s)
+        scorer.stop()
+        self.decode.shutdown(wait=False)
+        self.http.stop()
+        log.info("stopped", extra={"exit_code": code, "left_for_redelivery": left})
+        return code
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.error("second signal: exiting now without draining")
+            os._exit(1)
+        log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
+        self._stop_early = True
+        if self.loop is not None:
+            self.loop.stop_requested.set()
+
+
+def run(settings: Settings) -> int:
+    cv2.setNumThreads(1)  # parallelism comes from the decode pool; cv2's own threads would oversubscribe cores
+    processor = Processor(settings)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, processor.request_stop)
+        signal.signal(signal.SIGINT, processor.request_stop)
+    processor.build()
+    return processor.run()

@@ -1,0 +1,104 @@
+"""Micro-batcher: hands the scorer a batch when it is full or its oldest image has waited long enough."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from processor.inflight import InFlight
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events and their crops stacked into one NCHW tensor (a view of the batcher's preallocated buffer)."""
+
+    items: list[InFlight]
+    tensor: np.ndarray
+    # rows[i] is the slice of `tensor` that belongs to items[i] (one row per face, or one for the whole image).
+    rows: list[slice]
+    formed_at: float
+
+
+class MicroBatcher:
+    """Thread-safe: decode workers `put`, the scoring thread `next_batch`. Never splits an event across batches."""
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, sample_shape: tuple[int, int, int]) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._ready: deque[tuple[float, InFlight]] = deque()
+        self._ready_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        # Preallocated once; every batch is a prefix view of it (no per-batch allocation on the hot path).
+        self._buffer = np.empty((max_batch_size, *sample_shape), dtype=np.float32)
+
+    def put(self, item: InFlight) -> None:
+        assert item.crops is not None
+        with self._cond:
+            self._ready.append((time.monotonic(), item))
+            self._ready_rows += len(item.crops)
+            if self._ready_rows >= self.max_batch_size or len(self._ready) == 1:
+                self._cond.notify()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._ready)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def next_batch(self, timeout_s: float) -> Batch | None:
+        """Block until a batch is due (full, or oldest waited max_wait) or timeout; None on timeout/close."""
+        items, rows, now = self._wait_for_due(timeout_s)
+        # Stacking runs outside the lock so decode workers keep handing in events meanwhile; only this
+        # (scoring) thread touches the buffer, and it asks for the next batch only after the last one ran.
+        return self._stack(items, rows, now) if items else None
+
+    def _wait_for_due(self, timeout_s: float) -> tuple[list[InFlight], int, float]:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._ready and (
+                    self._ready_rows >= self.max_batch_size or now - self._ready[0][0] >= self.max_wait_s
+                ):
+                    return (*self._take(), now)
+                if self._closed or now >= deadline:
+                    return ([], 0, now) if not (self._closed and self._ready) else (*self._take(), now)
+                wait = deadline - now
+                if self._ready:
+                    wait = min(wait, self._ready[0][0] + self.max_wait_s - now)
+                self._cond.wait(max(wait, 0.0))
+
+    def _take(self) -> tuple[list[InFlight], int]:
+        items: list[InFlight] = []
+        rows = 0
+        while self._ready:
+            crops = self._ready[0][1].crops
+            assert crops is not None
+            if items and rows + len(crops) > self.max_batch_size:
+                break
+            items.append(self._ready.popleft()[1])
+            rows += len(crops)
+        self._ready_rows -= rows
+        return items, rows
+
+    def _stack(self, items: list[InFlight], rows: int, now: float) -> Batch:
+        # A lone event with more faces than the buffer holds gets its own tensor (rare; MAX_FACES bounds it).
+        tensor = self._buffer[:rows] if rows <= len(self._buffer) else np.empty((rows, *self._buffer.shape[1:]),
+                                                                                  dtype=np.float32)  # fmt: skip
+        slices: list[slice] = []
+        start = 0
+        for item in items:
+            assert item.crops is not None
+            end = start + len(item.crops)
+            tensor[start:end] = item.crops
+            slices.append(slice(start, end))
+            start = end
+        return Batch(items=items, tensor=tensor, rows=slices, formed_at=now)

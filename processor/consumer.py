@@ -1,0 +1,324 @@
+"""The consumer loop: poll → admit → (decode, batch, score elsewhere) → produce in order → commit acknowledged prefix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from processor.decode import DecodePool
+from processor.errors import Unrecoverable
+from processor.http import Health
+from processor.inflight import InFlight
+from processor.metrics import Metrics
+from processor.offsets import OffsetTracker
+from processor.publish import Publisher
+from processor.settings import Delivery, Settings
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.1
+BUSY_POLL_S = 0.002
+MAX_CONSUME = 500
+REVOKE_DRAIN_S = 10.0
+
+
+def consumer_config(settings: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None],
+                    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None]) -> dict[str, Any]:  # fmt: skip
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group_id,
+        # We commit explicitly, and only offsets whose output the broker acknowledged.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "statistics.interval.ms": 2000,  # consumer lag and broker state for /health and metrics
+        "stats_cb": on_stats,
+        "error_cb": on_error,
+        "on_commit": on_commit,
+        "client.id": "deepfake-processor",
+    }
+    if settings.delivery is Delivery.EXACTLY_ONCE:
+        config["isolation.level"] = "read_committed"
+    config.update(settings.kafka)
+    return config
+
+
+class StreamLoop:
+    """Runs on the main thread and owns the Consumer, the tracker and the Publisher (none are touched elsewhere)."""
+
+    def __init__(self, settings: Settings, decode: DecodePool, publisher: Publisher, metrics: Metrics,
+                 health: Health) -> None:  # fmt: skip
+        self.settings = settings
+        self.decode = decode
+        self.publisher = publisher
+        self.metrics = metrics
+        self.health = health
+        self.tracker = OffsetTracker()
+        self.stop_requested = threading.Event()
+        self.fatal: BaseException | None = None
+        self._completed: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
+        self._assigned: set[tuple[str, int]] = set()
+        self._paused = False
+        self._last_commit = time.monotonic()
+        self._eos = settings.delivery is Delivery.EXACTLY_ONCE
+        self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error, self._on_commit))
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+
+    def run(self, extra_fatal: Callable[[], BaseException | None]) -> None:
+        """Loop until a stop is requested or something fatal happens (then raise it)."""
+        self.consumer.subscribe(self.settings.input_topic, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)  # fmt: skip
+        while not self.stop_requested.is_set():
+            self.publisher.poll(0)  # delivery reports → acknowledged events
+            self._admit(self._poll())  # hand new events to the decode pool
+            self._release()  # produce decided outcomes in offset order
+            self._backpressure()
+            if time.monotonic() - self._last_commit >= self.settings.commit_interval_ms / 1000.0:
+                self.commit(asynchronous=True)
+            self._raise_fatal(extra_fatal())
+
+    def _poll(self) -> list[Message]:
+        budget = min(MAX_CONSUME, self.settings.max_in_flight - len(self.tracker))
+        if budget <= 0:
+            self.consumer.poll(0)  # keeps the group session and rebalance callbacks served while paused
+            time.sleep(BUSY_POLL_S)
+            return []
+        timeout = BUSY_POLL_S if len(self.tracker) else IDLE_POLL_S
+        if not self._completed.empty():
+            timeout = 0.0
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        rest = self.consumer.consume(budget - 1, 0) if budget > 1 else []
+        return [first, *rest]
+
+    def _admit(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        per_topic: Counter[str] = Counter()
+        for msg in messages:
+            if msg.error() is not None:
+                self._consume_error(msg.error())
+                continue
+            ts_type, ts = msg.timestamp()
+            item = InFlight(
+                topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
+                key=msg.key(), value=msg.value() or b"", headers=msg.headers(),
+                timestamp_ms=ts if ts_type != 0 else None,
+            )  # fmt: skip
+            self.tracker.admit(item)
+            per_topic[item.topic] += 1
+            self.decode.submit(item)
+        for topic, n in per_topic.items():
+            self.metrics.consumed.labels(topic=topic).inc(n)
+        self.health.kafka_connected = True
+
+    def complete(self, item: InFlight) -> None:
+        """Called by decode/scoring threads once item.outcome is set; wakes the loop."""
+        self._completed.put(item)
+
+    def _release(self) -> None:
+        while True:
+            try:
+                self._completed.get_nowait()
+            except queue.Empty:
+                break
+        if self._eos:
+            self._release_transaction()
+            return
+        for item in self.tracker.releasable():
+            self.publisher.produce(item)
+        self.metrics.in_flight.set(len(self.tracker))
+
+    def _release_transaction(self) -> None:
+        items = list(self.tracker.releasable())
+        if not items:
+            return
+        offsets: dict[tuple[str, int], int] = {}
+        producer = self.publisher.producer
+        try:
+            producer.begin_transaction()
+            for item in items:
+                self.publisher.produce(item)
+                offsets[(item.topic, item.partition)] = item.offset + 1
+            producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], self.consumer.consumer_group_metadata()
+            )
+            producer.commit_transaction()
+        except KafkaException as exc:
+            # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
+            # offsets are not committed; stop and let the group redeliver rather than guess.
+            raise Unrecoverable(f"transaction failed: {exc}") from exc
+        self.publisher.poll(0)
+        for item in items:
+            item.acked = True
+        self.tracker.advance()
+        self.tracker.mark_committed(offsets)
+        self.metrics.commits.inc()
+
+    # ---- commit, backpressure, fatal ---------------------------------------------------------------------------
+
+    def commit(self, *, asynchronous: bool) -> None:
+        """Commit each owned partition's acknowledged contiguous prefix (offset + 1, Kafka's convention)."""
+        self._last_commit = time.monotonic()
+        if self._eos:
+            return  # offsets travel inside each transaction
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=asynchronous)
+        except KafkaException as exc:
+            log.warning("offset commit failed; will retry", extra={"error": str(exc)})
+            return
+        self.tracker.mark_committed(offsets)
+        self.metrics.commits.inc()
+
+    def _backpressure(self) -> None:
+        in_flight = len(self.tracker)
+        if not self._paused and in_flight >= self.settings.max_in_flight:
+            self._set_paused(True)
+        elif self._paused and in_flight <= self.settings.max_in_flight // 2:
+            self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            (self.consumer.pause if paused else self.consumer.resume)(assignment)
+        self._paused = paused
+        self.metrics.paused.set(1 if paused else 0)
+        log.info("consumer %s", "paused" if paused else "resumed", extra={"in_flight": len(self.tracker)})
+
+    def _raise_fatal(self, extra: BaseException | None) -> None:
+        fatal = self.fatal or self.publisher.fatal or extra
+        if fatal is not None:
+            raise fatal
+
+    def _consume_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = Unrecoverable(f"fatal consumer error: {err}")
+        log.warning("consume error", extra={"error": str(err)})
+
+    # ---- librdkafka callbacks (all run inside poll/consume on this thread) --------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.tracker.assign((tp.topic, tp.partition))
+            self._assigned.add((tp.topic, tp.partition))
+        self._update_assignment_health()
+        log.info("partitions assigned", extra={"partitions": _names(partitions)})
+        if self._paused and partitions:
+            # New partitions join paused; librdkafka applies the pause once the assignment is in place.
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if not self._eos:
+            self._drain(revoked, REVOKE_DRAIN_S)
+            self._commit_sync(revoked)
+        self._forget(revoked, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session expired): someone else may own them already, so commit nothing for them.
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost")
+
+    def _forget(self, tps: set[tuple[str, int]], why: str) -> None:
+        dropped = sum(len(self.tracker.revoke(tp)) for tp in tps)
+        self._assigned -= tps
+        self._update_assignment_health()
+        for topic, partition in tps:
+            self.metrics.consumer_lag.remove(topic, str(partition)) if self._has_lag(topic, partition) else None
+        log.info("partitions %s", why, extra={"partitions": sorted(f"{t}[{p}]" for t, p in tps),
+                                              "dropped_in_flight": dropped})  # fmt: skip
+
+    def _has_lag(self, topic: str, partition: int) -> bool:
+        return (topic, str(partition)) in self.metrics.consumer_lag._metrics  # noqa: SLF001
+
+    def _update_assignment_health(self) -> None:
+        self.health.joined_group = True
+        self.health.assigned_partitions = len(self._assigned)
+        self.metrics.assigned.set(len(self._assigned))
+
+    def _drain(self, tps: set[tuple[str, int]] | None, budget_s: float) -> int:
+        """Finish in-flight events (of `tps`, or all): release, produce, collect acks. Returns what is left."""
+        deadline = time.monotonic() + budget_s
+        while self.tracker.pending(tps) and time.monotonic() < deadline:
+            self._release()
+            self.publisher.poll(0.01)
+            self.tracker.advance()
+            if self.publisher.fatal is not None:
+                break
+        return self.tracker.pending(tps)
+
+    def _commit_sync(self, tps: set[tuple[str, int]]) -> None:
+        offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in tps}
+        if offsets:
+            try:
+                self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                     asynchronous=False)  # fmt: skip
+                self.tracker.mark_committed(offsets)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed", extra={"error": str(exc)})
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is not None or failed:
+            log.warning("offset commit failed", extra={"error": str(err or failed[0].error)})
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.kafka_connected = False
+        if err.fatal():
+            self.fatal = Unrecoverable(f"fatal Kafka error: {err}")
+        log.warning("kafka error", extra={"error": str(err), "code": err.name()})
+
+    def _on_stats(self, raw: str) -> None:
+        stats = json.loads(raw)
+        brokers = stats.get("brokers", {}).values()
+        self.health.kafka_connected = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers)
+        total = 0
+        for topic, tdata in stats.get("topics", {}).items():
+            for pid, pdata in tdata.get("partitions", {}).items():
+                lag = pdata.get("consumer_lag", -1)
+                if int(pid) < 0 or (topic, int(pid)) not in self._assigned or lag is None or lag < 0:
+                    continue
+                self.metrics.consumer_lag.labels(topic=topic, partition=pid).set(lag)
+                total += lag
+        self.health.lag = total if self._assigned else 0
+
+    # ---- shutdown -----------------------------------------------------------------------------------------------
+
+    def shutdown(self, budget_s: float) -> int:
+        """Stop consuming, finish and deliver in-flight work, commit, leave the group. Returns events left over."""
+        self.health.stopping = True
+        left = 0
+        if self.fatal is None and self.publisher.fatal is None:
+            left = self._drain(None, budget_s * 0.8)
+            self.publisher.flush(max(0.1, budget_s * 0.1))
+            self.publisher.poll(0)
+        self.tracker.advance()
+        if not self._eos:
+            self.commit(asynchronous=False)
+        self.consumer.close()  # leaves the group now instead of after session.timeout.ms
+        if left:
+            log.warning("shutdown budget spent; events left for redelivery", extra={"left": left})
+        return left
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
+
+
+__all__ = ["OFFSET_INVALID", "StreamLoop"]

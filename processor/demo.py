@@ -1,0 +1,124 @@
+"""`demo`: embedded broker + the processor + a producer of sample images; prints every result and dead letter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from processor.broker import EmbeddedBroker, create_topics, free_port
+from processor.produce import make_producer, send
+from processor.samples import sample_events
+
+TOPICS = ("images.uploaded", "images.deepfake-scores", "images.deepfake-dlq")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="embedded broker + processor + sample producer; prints scored results")
+    p.add_argument("--count", type=int, default=0, help="stop after this many outputs (0 = until Ctrl-C)")
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--rate", type=float, default=20.0, help="sample events per second")
+    p.add_argument("--http-port", type=int, default=8007)
+    p.add_argument("--broker-port", type=int, default=0, help="0 = a free port")
+    p.add_argument("--model-dir", default=None, help="model directory (default: the bundled demo model)")
+    p.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("now", True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    workdir = Path(tempfile.mkdtemp(prefix="dfp-demo-"))
+    with EmbeddedBroker(args.broker_port or free_port(), log_path=workdir / "broker.log") as broker:
+        print(f"embedded broker (Tansu) on {broker.bootstrap}")
+        create_topics(broker.bootstrap, TOPICS, partitions=args.partitions)
+        http_port = args.http_port or free_port()
+        proc = _start_processor(broker.bootstrap, http_port, args.model_dir, workdir / "processor.log")
+        try:
+            return _serve(args, broker.bootstrap, http_port, proc, stop)
+        finally:
+            _stop_processor(proc)
+            print(f"processor log: {workdir / 'processor.log'}")
+
+
+def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DFP_BOOTSTRAP_SERVERS=bootstrap, DFP_HTTP_PORT=str(http_port), DFP_HTTP_HOST="127.0.0.1",
+               DFP_GROUP_ID="deepfake-demo", DFP_KAFKA_SESSION_TIMEOUT_MS="6000",
+               DFP_KAFKA_HEARTBEAT_INTERVAL_MS="500")  # fmt: skip
+    if model_dir:
+        env["DFP_MODEL_DIR"] = model_dir
+    with log_path.open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "processor", "run"], env=env, stdout=log, stderr=log)
+
+
+def _stop_processor(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(35)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print(f"processor exited with {proc.returncode}")
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool], timeout_s: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop["now"] and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _serve(args: argparse.Namespace, bootstrap: str, http_port: int, proc: subprocess.Popen[bytes],
+           stop: dict[str, bool]) -> int:  # fmt: skip
+    print(f"processor starting (pid {proc.pid}); health http://127.0.0.1:{http_port}/health")
+    if not _wait_ready(http_port, proc, stop):
+        print("processor did not become ready", file=sys.stderr)
+        return 1
+    print(f"ready. metrics: http://127.0.0.1:{http_port}/metrics — Ctrl-C stops")
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader", "enable.auto.commit": False})
+    reader.assign([TopicPartition(t, p, 0) for t in TOPICS[1:] for p in range(args.partitions)])
+    producer = make_producer(bootstrap)
+    target = args.count or sys.maxsize
+    batch = max(1, min(20, target))
+    seen = produced = 0
+    try:
+        while seen < target and not stop["now"] and proc.poll() is None:
+            if produced - seen < batch:
+                events = sample_events(batch, seed=produced, bad_every=7, prefix=f"demo-{produced}")
+                produced += int(send(producer, TOPICS[0], events, rate=args.rate)["sent"])
+            for msg in reader.consume(100, 0.2):
+                if msg.error() is None:
+                    seen += 1
+                    print(_describe(msg))
+    finally:
+        reader.close()
+    print(f"{seen} outputs printed")
+    return 0 if seen >= min(target, 1) or stop["now"] else 1
+
+
+def _describe(msg: Message) -> str:
+    if msg.topic() == TOPICS[2]:
+        headers = {k: v.decode(errors="replace") for k, v in msg.headers() or []}
+        return (f"DLQ    {headers.get('event_id', '?'):<14} code={headers['error.code']:<20} "
+                f"{headers['error.message'][:70]}")  # fmt: skip
+    doc = json.loads(msg.value() or b"{}")
+    faces = f" faces={len(doc['faces'])}" if doc.get("faces") else ""
+    return (f"RESULT {doc['event_id']:<14} label={doc['label']:<5} fake_score={doc['fake_score']:.4f}{faces} "
+            f"p{doc['source']['partition']}@{doc['source']['offset']} {doc['timings_ms']['total']:.1f} ms")  # fmt: skip

@@ -1,0 +1,127 @@
+"""Inference engine: the one ONNX Runtime session (TensorRT → CUDA → CPU), its warm-up, and logits → probabilities."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models.loader import ModelFiles, fake_class_index
+from processor.errors import ConfigError
+from processor.settings import Providers
+from schemas import ModelRef
+
+log = logging.getLogger(__name__)
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_WANTED: dict[Providers, tuple[str, ...]] = {
+    Providers.AUTO: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    Providers.TENSORRT: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    Providers.CUDA: ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    Providers.CPU: ("CPUExecutionProvider",),
+}
+
+
+def gpu_provider_listed(choice: Providers) -> bool:
+    """Whether a GPU provider is even listed (before a session proves it can really run)."""
+    return any(p in ort.get_available_providers() for p in _WANTED[choice] if p in _GPU_PROVIDERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """id2label plus which class means fake; turns a row of probabilities into the SPEC §5 fields."""
+
+    names: tuple[str, ...]
+    fake_index: int
+    threshold: float
+
+    def fields(self, probs: np.ndarray) -> tuple[str, bool, float, dict[str, float]]:
+        fake_score = float(probs[self.fake_index])
+        is_fake = fake_score >= self.threshold
+        if is_fake:
+            label = self.names[self.fake_index]
+        else:
+            others = [i for i in range(len(self.names)) if i != self.fake_index]
+            label = self.names[max(others, key=lambda i: probs[i])] if others else self.names[self.fake_index]
+        scores = {name: round(float(p), 6) for name, p in zip(self.names, probs, strict=False)}
+        return label, is_fake, round(fake_score, 6), scores
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over classes; sigmoid when the model has one logit (then [1-p, p] as two classes)."""
+    logits = logits.astype(np.float32, copy=False)
+    if logits.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Engine:
+    """Owns the session. `infer` is called from the scoring thread only."""
+
+    def __init__(self, model: ModelFiles, providers: Providers, *, require_gpu: bool, threads: int = 0,
+                 fake_label: str | None = None, threshold: float = 0.5) -> None:  # fmt: skip
+        self.model = model
+        names = tuple(model.id2label[i] for i in sorted(model.id2label))
+        self.labels = Labels(names, fake_class_index(model.id2label, fake_label), threshold)
+        self.session = self._open(model.onnx_path, providers, threads)
+        self.provider = self.session.get_providers()[0]
+        self.gpu = self.provider in _GPU_PROVIDERS
+        if require_gpu and not self.gpu:
+            raise ConfigError(
+                "DFP_REQUIRE_GPU=true but the session runs on CPUExecutionProvider "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        self.input_name, self.output_name = self._io_names()
+        self.ref = ModelRef(name=model.name, variant=model.variant, provider=self.provider, sha256=model.sha256)
+        log.info(
+            "model loaded",
+            extra={
+                "model": model.name,
+                "variant": model.variant,
+                "provider": self.provider,
+                "sha256": model.sha256[:12],
+                "path": str(model.onnx_path),
+            },  # fmt: skip
+        )
+
+    def _open(self, path: Path, choice: Providers, threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.log_severity_level = 3  # ORT warns loudly when CUDA is listed but absent; our log says what runs
+        wanted = [p for p in _WANTED[choice] if p in ort.get_available_providers()]
+        if choice is not Providers.AUTO and choice is not Providers.CPU and wanted == ["CPUExecutionProvider"]:
+            log.warning("requested provider is not available; falling back to CPU", extra={"requested": choice.value})
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the model cannot serve
+            raise ConfigError(f"DFP_MODEL_DIR: cannot load {path}: {str(exc)[:500]}") from None
+
+    def _io_names(self) -> tuple[str, str]:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            shapes = [(i.name, i.shape) for i in inputs]
+            raise ConfigError(f"DFP_MODEL_DIR: model must take one NCHW input (pixel_values), has {shapes}")
+        names = [o.name for o in outputs]
+        return inputs[0].name, "logits" if "logits" in names else names[0]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """NCHW float32 batch → (N, C) probabilities. Raises whatever ORT raises; the scorer isolates it."""
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+            raise RuntimeError(f"model returned logits of shape {logits.shape} for a batch of {batch.shape[0]}")
+        return probabilities(logits)
+
+    def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run once per batch size so the first real batch pays no allocation or kernel-selection cost."""
+        for n in batch_sizes:
+            probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))
+            if not np.isfinite(probs).all():
+                raise ConfigError("DFP_MODEL_DIR: the model returns non-finite scores on a blank image")

@@ -1,0 +1,135 @@
+"""Publish stage: builds result / dead-letter messages from the wire schemas and produces them with acknowledgement."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from confluent_kafka import KafkaError, Message, Producer
+
+from processor.errors import ProcessorError, Unrecoverable
+from processor.inflight import Headers, InFlight, Outcome
+from schemas import FaceScore, ScoreResult, SourceRef, StageTimings
+
+log = logging.getLogger(__name__)
+
+
+def _ms(start: float, end: float) -> float:
+    return round(max(0.0, end - start) * 1000.0, 3)
+
+
+def result_outcome(item: InFlight, output_topic: str) -> Outcome:
+    """Build the SPEC §5 result. With faces, the event's score is the face with the highest fake score."""
+    assert item.probs is not None and item.scored_by is not None
+    labels, model = item.scored_by.labels, item.scored_by.ref
+    worst = int(np.argmax(item.probs[:, labels.fake_index]))
+    label, is_fake, fake_score, scores = labels.fields(item.probs[worst])
+    faces = None
+    if item.faces:
+        faces = []
+        for box, row in zip(item.faces, item.probs, strict=True):
+            face_label, _, face_score, _ = labels.fields(row)
+            faces.append(FaceScore(box=box, fake_score=face_score, label=face_label))
+    now = time.monotonic()
+    result = ScoreResult(
+        event_id=item.event_id, post_id=item.post_id, user_id=item.user_id,
+        label=label, is_fake=is_fake, fake_score=fake_score, scores=scores, faces=faces, model=model,
+        source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset),
+        timings_ms=StageTimings(
+            queue=_ms(item.consumed_at, item.decode_started), decode=_ms(item.decode_started, item.decoded_at),
+            inference=round(item.inference_ms, 3), total=_ms(item.consumed_at, now),
+        ),
+        metadata=item.metadata, processed_at=_utc_now(),
+    )  # fmt: skip
+    headers: Headers = [("event_id", item.event_id.encode())]
+    return Outcome(topic=output_topic, value=result.model_dump_json(exclude_none=True).encode(), headers=headers,
+                   label=label)  # fmt: skip
+
+
+def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -> Outcome:
+    """The original value byte-for-byte plus the SPEC §5 error and source headers (original headers kept first)."""
+    headers: Headers = list(item.headers or [])
+    headers += [
+        ("error.code", error.code.encode()),
+        ("error.message", error.message.encode("utf-8", errors="replace")[:2000]),
+        ("error.stage", error.stage.encode()),
+        ("source.topic", item.topic.encode()),
+        ("source.partition", str(item.partition).encode()),
+        ("source.offset", str(item.offset).encode()),
+        ("source.timestamp", str(item.timestamp_ms if item.timestamp_ms is not None else "").encode()),
+    ]
+    if item.event_id:
+        headers.append(("event_id", item.event_id.encode("utf-8", errors="replace")))
+    return Outcome(topic=dlq_topic, value=item.value, headers=headers, code=error.code)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def producer_config(bootstrap: str, passthrough: dict[str, str], max_message_bytes: int,
+                    transactional_id: str | None) -> dict[str, Any]:  # fmt: skip
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,  # no duplicates or reordering from producer retries
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,  # pipelines many small results into one request without adding visible latency
+        # Any consumed event must fit back out verbatim as a dead letter (SPEC §5).
+        "message.max.bytes": max_message_bytes,
+        "client.id": "deepfake-processor",
+    }
+    if transactional_id:
+        config["transactional.id"] = transactional_id
+    config.update(passthrough)
+    return config
+
+
+class Publisher:
+    """Produces outcomes; the delivery callback marks events acknowledged (it runs inside `poll`, on our thread)."""
+
+    def __init__(self, config: dict[str, Any], on_ack: Callable[[InFlight], None], on_error: Callable[[str], None]):
+        self.producer = Producer(config)
+        self._on_ack = on_ack
+        self._on_error = on_error
+        self.fatal: Unrecoverable | None = None
+
+    def produce(self, item: InFlight) -> None:
+        outcome = item.outcome
+        assert outcome is not None
+        item.produced_at = time.monotonic()
+        while True:
+            try:
+                self.producer.produce(
+                    outcome.topic, value=outcome.value, key=item.key, headers=outcome.headers,
+                    on_delivery=lambda err, msg, item=item: self._delivered(item, err, msg),
+                )  # fmt: skip
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, then retry (never drop).
+                self.producer.poll(0.05)
+
+    def _delivered(self, item: InFlight, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            item.acked = True
+            self._on_ack(item)
+            return
+        # librdkafka already retried (idempotent producer); a failure here is final for this message.
+        # Its offset must never be committed: record the first one and stop the loop.
+        topic = msg.topic() or "?"
+        self._on_error(topic)
+        log.error("delivery failed", extra={"topic": item.topic, "partition": item.partition,
+                                            "offset": item.offset, "event_id": item.event_id, "error": str(err)})  # fmt: skip
+        if self.fatal is None:
+            self.fatal = Unrecoverable(f"delivery to {topic} failed for offset {item.offset}: {err}")
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        return int(self.producer.poll(timeout_s))
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding deliveries; returns how many are still unacknowledged."""
+        return int(self.producer.flush(timeout_s))

@@ -1,0 +1,116 @@
+"""Scoring stage (one thread): takes micro-batches, runs the engine, isolates poison items, builds the outputs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from processor.batcher import Batch, MicroBatcher
+from processor.engine import Engine
+from processor.errors import InferenceFailed, Unrecoverable
+from processor.inflight import InFlight
+from processor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# After this many consecutive batches in which nothing could be scored, and a blank probe also fails,
+# the session is broken for good: stop (unready, exit 1) instead of dead-lettering the whole stream.
+BROKEN_AFTER_FAILED_BATCHES = 3
+
+
+def infer_isolating(engine: Engine, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run a batch; on an exception split it in halves until the failing rows are isolated.
+
+    Returns (probs, ok) where ok[i] is False for rows that raised or came back non-finite.
+    """
+    n = len(tensor)
+    try:
+        probs = engine.infer(tensor)
+    except Exception as exc:
+        if n == 1:
+            log.warning("inference failed for one image", extra={"error": str(exc)[:300]})
+            return np.full((1, 1), np.nan, dtype=np.float32), np.zeros(1, dtype=bool)
+        mid = n // 2
+        left, left_ok = infer_isolating(engine, tensor[:mid])
+        right, right_ok = infer_isolating(engine, tensor[mid:])
+        width = max(left.shape[1], right.shape[1])
+        return np.concatenate([_widen(left, width), _widen(right, width)]), np.concatenate([left_ok, right_ok])
+    return probs, np.isfinite(probs).all(axis=1)
+
+
+def _widen(probs: np.ndarray, width: int) -> np.ndarray:
+    if probs.shape[1] == width:
+        return probs
+    return np.full((len(probs), width), np.nan, dtype=np.float32)
+
+
+class Scorer:
+    """The scoring thread. `engine_ref` is read per batch so a hot-swapped model applies from the next batch."""
+
+    def __init__(self, batcher: MicroBatcher, engine_ref: Callable[[], Engine], on_done: Callable[[InFlight], None],
+                 metrics: Metrics) -> None:  # fmt: skip
+        self.batcher = batcher
+        self.engine_ref = engine_ref
+        self.on_done = on_done
+        self.metrics = metrics
+        self.fatal: BaseException | None = None
+        self._stop = threading.Event()
+        self._failed_batches = 0
+        self._thread = threading.Thread(target=self._run, name="scorer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self.batcher.close()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self.batcher.next_batch(timeout_s=0.1)
+                if batch is not None:
+                    self.score(batch)
+        except BaseException as exc:  # kept and re-raised on the consumer thread, never lost
+            log.exception("scoring thread stopped")
+            self.fatal = exc
+
+    def score(self, batch: Batch) -> None:
+        engine = self.engine_ref()
+        started = time.monotonic()
+        probs, ok = infer_isolating(engine, batch.tensor)
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        self.metrics.batch_size.observe(len(batch.tensor))
+        self.metrics.stage_latency.labels(stage="inference").observe(elapsed_ms / 1000.0)
+        self._watch_health(engine, batch, ok)
+        for item, rows in zip(batch.items, batch.rows, strict=True):
+            item.inference_ms = elapsed_ms
+            item.scored_by = engine
+            if ok[rows].all():
+                item.probs = probs[rows]
+            else:
+                item.error = InferenceFailed(
+                    f"model raised or returned non-finite scores for {int((~ok[rows]).sum())} of "
+                    f"{rows.stop - rows.start} crop(s)"
+                )
+            item.crops = None  # the tensor rows are no longer needed; free them before the event is produced
+            self.on_done(item)
+
+    def _watch_health(self, engine: Engine, batch: Batch, ok: np.ndarray) -> None:
+        if ok.any():
+            self._failed_batches = 0
+            return
+        self._failed_batches += 1
+        if self._failed_batches < BROKEN_AFTER_FAILED_BATCHES:
+            return
+        try:
+            engine.warm_up(tuple(batch.tensor.shape[1:]))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise Unrecoverable(
+                f"inference failed for {self._failed_batches} batches in a row and on a blank probe: {exc}"
+            ) from exc

@@ -1,0 +1,160 @@
+"""Every setting of the processor in one pydantic-settings class (env `DFP_*`, flags `--name-with-dashes`)."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from processor.errors import ConfigError
+
+ENV_PREFIX = "DFP_"
+KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
+MiB = 1024 * 1024
+
+
+class Delivery(StrEnum):
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+class Providers(StrEnum):
+    AUTO = "auto"
+    TENSORRT = "tensorrt"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class Variant(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    Q4 = "q4"
+    BNB4 = "bnb4"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """SPEC §3 settings, plus a few tuning knobs (each documented in the README settings table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True, validate_default=True
+    )
+
+    bootstrap_servers: str = Field("localhost:9092", min_length=1, description="Kafka bootstrap list")
+    input_topic: CommaList = Field(["images.uploaded"], description="Input topic(s), a comma list")
+    output_topic: str = Field("images.deepfake-scores", min_length=1, description="Result topic")
+    dlq_topic: str = Field("images.deepfake-dlq", min_length=1, description="Dead-letter topic")
+    group_id: str = Field("deepfake-processor", min_length=1, description="Consumer group id")
+    model_dir: Path | None = Field(None, description="Model directory (SPEC §6) or one .onnx file; unset = bundled")
+    model_variant: Variant = Field(Variant.AUTO, description="fp32, fp16, int8, q4, bnb4 or auto")
+    providers: Providers = Field(Providers.AUTO, description="auto (TensorRT→CUDA→CPU), tensorrt, cuda, cpu")
+    require_gpu: bool = Field(False, description="Refuse to start when only the CPU provider is available")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Images per inference call")
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=60_000, description="Longest a ready image waits for its batch")
+    max_in_flight: int = Field(1024, ge=1, description="Events consumed but not committed; above it, pause")
+    decode_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Decode/preprocess threads"
+    )
+    inference_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = cores")
+    delivery: Delivery = Field(Delivery.AT_LEAST_ONCE, description="at-least-once or exactly-once")
+    transactional_id: str | None = Field(
+        None,
+        description="exactly-once: transactional.id (default <group>-<host>); keep stable across restarts",
+    )
+    fake_label: str | None = Field(None, description="Which id2label entry means fake (default: fake/deepfake/spoof)")
+    fake_threshold: float = Field(0.5, ge=0.0, le=1.0, description="is_fake = fake_score >= threshold")
+    max_image_bytes: ByteSize = Field(ByteSize(20 * MiB), gt=0, description="Larger images go to the DLQ")
+    max_image_pixels: int = Field(50_000_000, gt=0, description="Checked from the image header before decoding")
+    max_faces: int = Field(64, ge=1, le=4096, description="More face boxes than this → invalid_schema")
+    image_url_allowlist: CommaList = Field([], description="Hosts image_url may be fetched from; empty = off")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="image_url connect+read timeout")
+    http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server")
+    http_port: int = Field(8007, ge=0, le=65535, description="Health/metrics port; 0 = pick a free one")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_format: LogFormat = Field(LogFormat.JSON, description="json or text")
+    commit_interval_ms: int = Field(1000, ge=10, description="How often acknowledged offsets are committed")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM drain budget before exit")
+    kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough (DFP_KAFKA_<KEY>)")
+
+    @field_validator("input_topic", "image_url_allowlist", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("input_topic")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one input topic is required")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _outputs_differ_from_inputs(self) -> Settings:
+        clash = {self.output_topic, self.dlq_topic} & set(self.input_topic)
+        if clash:
+            raise ValueError(
+                f"DFP_OUTPUT_TOPIC / DFP_DLQ_TOPIC must not also be an input topic (DFP_INPUT_TOPIC): {sorted(clash)}"
+            )
+        return self
+
+
+def kafka_passthrough(environ: dict[str, str]) -> dict[str, str]:
+    """`DFP_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → {"security.protocol": "SASL_SSL"}."""
+    return {
+        key[len(KAFKA_PREFIX) :].lower().replace("_", "."): value
+        for key, value in environ.items()
+        if key.upper().startswith(KAFKA_PREFIX) and len(key) > len(KAFKA_PREFIX)
+    }
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build Settings from `DFP_*` env vars plus CLI overrides; any invalid value → ConfigError naming it."""
+    values = dict(overrides or {})
+    kafka = kafka_passthrough(dict(os.environ))
+    kafka.update(values.pop("kafka", None) or {})
+    try:
+        return Settings(**values, kafka=kafka)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = f"{env_name(field)} / {flag_name(field)}" if field in Settings.model_fields else "settings"
+        got = err.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        lines.append(f"invalid setting {where}: {err['msg']}{shown}")
+    return "; ".join(lines)

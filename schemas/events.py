@@ -1,0 +1,127 @@
+"""Wire shapes (SPEC §4 and §5). Nothing else in the project defines a JSON shape."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MAX_EVENT_ID_CHARS = 256
+
+# Dead-letter headers, in the order they are written (SPEC §5).
+DLQ_HEADERS: tuple[str, ...] = (
+    "error.code",
+    "error.message",
+    "error.stage",
+    "source.topic",
+    "source.partition",
+    "source.offset",
+    "source.timestamp",
+)
+
+
+def _integer_valued(value: Any) -> int:
+    # SPEC says "integer-valued": 10 and 10.0 pass; 10.5, NaN, "10" and booleans do not.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise ValueError("must be an integer-valued finite number")
+    return int(value)
+
+
+class FaceBox(BaseModel):
+    """A face rectangle in pixels of the image as displayed (EXIF orientation applied)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    x: int
+    y: int
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+    @field_validator("x", "y", "width", "height", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> int:
+        return _integer_valued(value)
+
+
+class ImageEvent(BaseModel):
+    """A JSON input envelope. Unknown fields are ignored; exactly one of image_b64 / image_url."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS)
+    post_id: str | None = None
+    user_id: str | None = None
+    image_b64: str | None = None
+    image_url: str | None = None
+    faces: list[FaceBox] | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _event_id_is_string(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("event_id must be a string")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ImageEvent:
+        if (self.image_b64 is None) == (self.image_url is None):
+            raise ValueError("exactly one of image_b64 / image_url must be present")
+        return self
+
+
+class ModelRef(BaseModel):
+    """Which model scored the event (sha256 of the loaded ONNX file added to SPEC's name/variant/provider)."""
+
+    name: str
+    variant: str
+    provider: str
+    sha256: str | None = None
+
+
+class SourceRef(BaseModel):
+    """Where the input event was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class StageTimings(BaseModel):
+    """Milliseconds spent waiting and in each stage; total runs from consume to result."""
+
+    queue: float
+    decode: float
+    inference: float
+    total: float
+
+
+class FaceScore(BaseModel):
+    """One scored face crop."""
+
+    box: FaceBox
+    fake_score: float
+    label: str
+
+
+class ScoreResult(BaseModel):
+    """The result event (SPEC §5): exactly one per scored input event."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    post_id: str | None = None
+    user_id: str | None = None
+    label: str
+    is_fake: bool
+    fake_score: float
+    scores: dict[str, float]
+    faces: list[FaceScore] | None = None
+    model: ModelRef
+    source: SourceRef
+    timings_ms: StageTimings
+    metadata: dict[str, Any] | None = None
+    processed_at: str
