@@ -1,0 +1,139 @@
+"""Test-side helpers: run the real processor as a subprocess, and read its output topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from processor.broker import free_port
+
+# Tansu joins groups in ~half of session.timeout.ms; keep it short for every processor a test starts.
+FAST_GROUP = {"DFP_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFP_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+
+
+@dataclass
+class ProcessorProc:
+    """One `python -m processor run` child, stopped by its own PID."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self) -> ProcessorProc:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run", *self.extra_args],
+                                         env=self.env, stdout=log, stderr=log)  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = self.get(path)
+        return status, json.loads(body)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"processor exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if self.get("/readyz", timeout=1.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"processor not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40.0) -> int:
+        assert self.proc is not None
+        self.signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def processor_env(bootstrap: str, input_topic: str, output_topic: str, dlq_topic: str, group: str,
+                  **settings: str) -> dict[str, str]:  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFP_")}
+    env.update(FAST_GROUP)
+    env.update({"DFP_BOOTSTRAP_SERVERS": bootstrap, "DFP_INPUT_TOPIC": input_topic, "DFP_OUTPUT_TOPIC": output_topic,
+                "DFP_DLQ_TOPIC": dlq_topic, "DFP_GROUP_ID": group, "DFP_HTTP_HOST": "127.0.0.1",
+                "DFP_LOG_FORMAT": "json", "DFP_DECODE_WORKERS": "2"})  # fmt: skip
+    env.update({f"DFP_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def new_processor(env: dict[str, str], log_dir: Path, name: str = "processor") -> ProcessorProc:
+    port = free_port()
+    return ProcessorProc(env=dict(env, DFP_HTTP_PORT=str(port)), log_path=log_dir / f"{name}-{port}.log", port=port)
+
+
+def read_topics(bootstrap: str, topics: list[str], partitions: int, expected: int, timeout_s: float = 60.0,
+                settle_s: float = 0.0) -> list[Message]:  # fmt: skip
+    """Read from offset 0 of every partition (assign, no group) until `expected` messages or the deadline.
+
+    With settle_s > 0 keep reading that long after reaching `expected`, to catch extras (duplicates).
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader-unused", "enable.auto.commit": False,
+                         "enable.partition.eof": False})  # fmt: skip
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is None and len(got) >= expected:
+                if settle_s <= 0:
+                    break
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+def headers_of(msg: Message) -> dict[str, str]:
+    return {k: v.decode("utf-8", errors="replace") for k, v in (msg.headers() or [])}
