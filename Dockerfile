@@ -40,7 +40,8 @@ ARG ORT_PIN=""
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# README.md is optional for the build (pyproject names it as the long description; setuptools only warns).
+COPY pyproject.toml README.md* ./
 COPY processor ./processor
 COPY schemas ./schemas
 COPY models ./models

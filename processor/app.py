@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from types import FrameType
 
 import cv2
@@ -15,7 +16,7 @@ import cv2
 from models.loader import ModelFiles, resolve_model
 from processor.batcher import MicroBatcher
 from processor.consumer import StreamLoop
-from processor.decode import DecodeLimits, Decoder, DecodePool, Preprocessor
+from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
 from processor.engine import Engine, gpu_provider_listed
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ProcessorError, Unrecoverable
@@ -36,14 +37,25 @@ def load_engine(settings: Settings) -> Engine:
     model: ModelFiles = resolve_model(
         settings.model_dir, settings.model_variant.value, gpu=gpu_provider_listed(settings.providers)
     )
-    engine = Engine(model, settings.providers, require_gpu=settings.require_gpu, threads=settings.inference_threads,
-                    fake_label=settings.fake_label, threshold=settings.fake_threshold)  # fmt: skip
+    engine = Engine(
+        model,
+        settings.providers,
+        require_gpu=settings.require_gpu,
+        threads=settings.inference_threads,
+        fake_label=settings.fake_label,
+        threshold=settings.fake_threshold,
+    )
     if not engine.gpu and model.variant == "fp16" and settings.model_variant.value == "auto":
         # A GPU was listed but the session fell back to CPU: fp16 is the slow choice there, reload for CPU.
         model = resolve_model(settings.model_dir, "auto", gpu=False)
-        engine = Engine(model, settings.providers, require_gpu=settings.require_gpu,
-                        threads=settings.inference_threads, fake_label=settings.fake_label,
-                        threshold=settings.fake_threshold)  # fmt: skip
+        engine = Engine(
+            model,
+            settings.providers,
+            require_gpu=settings.require_gpu,
+            threads=settings.inference_threads,
+            fake_label=settings.fake_label,
+            threshold=settings.fake_threshold,
+        )
     return engine
 
 
@@ -66,6 +78,9 @@ class Processor:
     def _finish(self, item: InFlight) -> None:
         """Decode/scoring threads: turn the event's fate into its one outcome, count it, wake the loop."""
         s, m = self.settings, self.metrics
+        if item.waiter is not None:  # a /detect request: same decode, batcher and session; answered over HTTP
+            item.waiter.set_result(item)
+            return
         if item.error is not None:
             item.outcome = dead_letter_outcome(item, item.error, s.dlq_topic)
             m.dead_lettered.labels(code=item.error.code).inc()
@@ -99,8 +114,11 @@ class Processor:
         engine.warm_up(pre.shape, tuple(sorted({1, s.max_batch_size})))
         self.health.warmed_up = True
         batcher = MicroBatcher(s.max_batch_size, s.max_batch_wait_ms / 1000.0, pre.shape)
-        fetcher = UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes),
-                             read_timeout_s=s.fetch_timeout_s) if s.image_url_allowlist else None  # fmt: skip
+        fetcher = (
+            UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes), read_timeout_s=s.fetch_timeout_s)
+            if s.image_url_allowlist
+            else None
+        )
         limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
         self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, self._finish)
         self.scorer = Scorer(batcher, lambda: self._engine(), self._finish, self.metrics)
@@ -108,12 +126,33 @@ class Processor:
         txn_id = None
         if s.delivery is Delivery.EXACTLY_ONCE:
             txn_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
-        publisher = Publisher(producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id), self._on_ack,
-                              lambda topic: self.metrics.produce_errors.labels(topic=topic).inc())  # fmt: skip
+        publisher = Publisher(
+            producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id),
+            self._on_ack,
+            lambda topic: self.metrics.produce_errors.labels(topic=topic).inc(),
+        )
         if txn_id:
             publisher.producer.init_transactions(30)
         self.loop = StreamLoop(s, self.decode, publisher, self.metrics, self.health)
         self.scorer.start()
+
+    def submit_sync(self, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Future[InFlight]:
+        """Score one image outside Kafka (the /detect API); the future resolves to the finished InFlight."""
+        if self.decode is None or not self.health.warmed_up:
+            raise RuntimeError("not ready")
+        item = InFlight(
+            topic="http",
+            partition=-1,
+            offset=-1,
+            key=None,
+            value=value,
+            headers=headers,
+            timestamp_ms=None,
+            waiter=Future(),
+        )
+        self.decode.submit(item)
+        assert item.waiter is not None
+        return item.waiter
 
     def _engine(self) -> Engine:
         assert self.engine is not None

@@ -91,8 +91,11 @@ class MicroBatcher:
 
     def _stack(self, items: list[InFlight], rows: int, now: float) -> Batch:
         # A lone event with more faces than the buffer holds gets its own tensor (rare; MAX_FACES bounds it).
-        tensor = self._buffer[:rows] if rows <= len(self._buffer) else np.empty((rows, *self._buffer.shape[1:]),
-                                                                                  dtype=np.float32)  # fmt: skip
+        tensor = (
+            self._buffer[:rows]
+            if rows <= len(self._buffer)
+            else np.empty((rows, *self._buffer.shape[1:]), dtype=np.float32)
+        )
         slices: list[slice] = []
         start = 0
         for item in items:

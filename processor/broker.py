@@ -215,11 +215,14 @@ def create_topics(
     admin = _admin(bootstrap)
     new = [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in topics]
     for topic, future in admin.create_topics(new, request_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
+        # exception(), not result(): a raised error's traceback would tie this frame (and the admin
+        # client's open connection) into a cycle that outlives the call until a GC pass.
+        error = future.exception(timeout=timeout_s)
+        if error is None:
+            continue
+        if isinstance(error, KafkaException) and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            continue
+        raise BrokerError(f"cannot create topic {topic!r} on {bootstrap}: {error}")
     deadline = time.monotonic() + timeout_s
     seen: dict[str, int] = {}
     while time.monotonic() < deadline:

@@ -22,10 +22,17 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if name == "kafka":
             continue
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
-        group.add_argument(flag_name(name), dest=f"setting_{name}", default=None, metavar="VALUE",
-                           help=field.description, **extra)  # fmt: skip
-    group.add_argument("--kafka", dest="setting_kafka", action="append", default=None, metavar="KEY=VALUE",
-                       help="librdkafka property passthrough, repeatable (also DFP_KAFKA_<KEY>)")  # fmt: skip
+        group.add_argument(
+            flag_name(name), dest=f"setting_{name}", default=None, metavar="VALUE", help=field.description, **extra
+        )
+    group.add_argument(
+        "--kafka",
+        dest="setting_kafka",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="librdkafka property passthrough, repeatable (also DFP_KAFKA_<KEY>)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

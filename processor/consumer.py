@@ -1,4 +1,4 @@
-"""The consumer loop: poll → admit → (decode, batch, score elsewhere) → produce in order → commit acknowledged prefix."""
+"""The consumer loop: poll → admit → (decode, batch, score elsewhere) → produce in order → commit acked prefix."""
 
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ MAX_CONSUME = 500
 REVOKE_DRAIN_S = 10.0
 
 
-def consumer_config(settings: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None],
-                    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None]) -> dict[str, Any]:  # fmt: skip
+def consumer_config(
+    settings: Settings,
+    on_stats: Callable[[str], None],
+    on_error: Callable[[KafkaError], None],
+    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None],
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": settings.group_id,
@@ -55,8 +59,9 @@ def consumer_config(settings: Settings, on_stats: Callable[[str], None], on_erro
 class StreamLoop:
     """Runs on the main thread and owns the Consumer, the tracker and the Publisher (none are touched elsewhere)."""
 
-    def __init__(self, settings: Settings, decode: DecodePool, publisher: Publisher, metrics: Metrics,
-                 health: Health) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, decode: DecodePool, publisher: Publisher, metrics: Metrics, health: Health
+    ) -> None:
         self.settings = settings
         self.decode = decode
         self.publisher = publisher
@@ -71,13 +76,16 @@ class StreamLoop:
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error, self._on_commit))
+        for topic in settings.input_topic:  # series exist from start, so "no events while lagging" alerts can fire
+            metrics.consumed.labels(topic=topic)
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
     def run(self, extra_fatal: Callable[[], BaseException | None]) -> None:
         """Loop until a stop is requested or something fatal happens (then raise it)."""
-        self.consumer.subscribe(self.settings.input_topic, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)  # fmt: skip
+        self.consumer.subscribe(
+            self.settings.input_topic, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         while not self.stop_requested.is_set():
             self.publisher.poll(0)  # delivery reports → acknowledged events
             self._admit(self._poll())  # hand new events to the decode pool
@@ -107,15 +115,20 @@ class StreamLoop:
             return
         per_topic: Counter[str] = Counter()
         for msg in messages:
-            if msg.error() is not None:
-                self._consume_error(msg.error())
+            err = msg.error()
+            if err is not None:
+                self._consume_error(err)
                 continue
             ts_type, ts = msg.timestamp()
             item = InFlight(
-                topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
-                key=msg.key(), value=msg.value() or b"", headers=msg.headers(),
+                topic=msg.topic() or "",
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                key=msg.key(),
+                value=msg.value() or b"",
+                headers=msg.headers(),  # type: ignore[arg-type]
                 timestamp_ms=ts if ts_type != 0 else None,
-            )  # fmt: skip
+            )
             self.tracker.admit(item)
             per_topic[item.topic] += 1
             self.decode.submit(item)
@@ -178,7 +191,10 @@ class StreamLoop:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self.consumer.commit(offsets=tps, asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             log.warning("offset commit failed; will retry", extra={"error": str(exc)})
             return
@@ -240,11 +256,14 @@ class StreamLoop:
         self._update_assignment_health()
         for topic, partition in tps:
             self.metrics.consumer_lag.remove(topic, str(partition)) if self._has_lag(topic, partition) else None
-        log.info("partitions %s", why, extra={"partitions": sorted(f"{t}[{p}]" for t, p in tps),
-                                              "dropped_in_flight": dropped})  # fmt: skip
+        log.info(
+            "partitions %s",
+            why,
+            extra={"partitions": sorted(f"{t}[{p}]" for t, p in tps), "dropped_in_flight": dropped},
+        )
 
     def _has_lag(self, topic: str, partition: int) -> bool:
-        return (topic, str(partition)) in self.metrics.consumer_lag._metrics  # noqa: SLF001
+        return (topic, str(partition)) in self.metrics.consumer_lag._metrics
 
     def _update_assignment_health(self) -> None:
         self.health.joined_group = True
@@ -266,8 +285,9 @@ class StreamLoop:
         offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in tps}
         if offsets:
             try:
-                self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                     asynchronous=False)  # fmt: skip
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+                )
                 self.tracker.mark_committed(offsets)
             except KafkaException as exc:
                 log.warning("commit on revoke failed", extra={"error": str(exc)})

@@ -28,8 +28,12 @@ from schemas import FaceBox
 log = logging.getLogger(__name__)
 
 # cv2 decodes JPEG at 1/2, 1/4, 1/8 scale through libjpeg's DCT scaling: far cheaper than full decode + resize.
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}  # fmt: skip
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR_RGB,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 # EXIF orientations 5–8 swap width and height when displayed.
 _TRANSPOSED = frozenset({5, 6, 7, 8})
 
@@ -168,8 +172,13 @@ class Decoder:
 class DecodePool:
     """Runs Decoder.decode on named worker threads (cv2 releases the GIL); hands results on by callback."""
 
-    def __init__(self, decoder: Decoder, workers: int, on_decoded: Callable[[InFlight], None],
-                 on_failed: Callable[[InFlight], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        decoder: Decoder,
+        workers: int,
+        on_decoded: Callable[[InFlight], None],
+        on_failed: Callable[[InFlight], None],
+    ) -> None:
         self.decoder = decoder
         self._on_decoded = on_decoded
         self._on_failed = on_failed

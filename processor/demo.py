@@ -52,9 +52,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, DFP_BOOTSTRAP_SERVERS=bootstrap, DFP_HTTP_PORT=str(http_port), DFP_HTTP_HOST="127.0.0.1",
-               DFP_GROUP_ID="deepfake-demo", DFP_KAFKA_SESSION_TIMEOUT_MS="6000",
-               DFP_KAFKA_HEARTBEAT_INTERVAL_MS="500")  # fmt: skip
+    env = dict(
+        os.environ,
+        DFP_BOOTSTRAP_SERVERS=bootstrap,
+        DFP_HTTP_PORT=str(http_port),
+        DFP_HTTP_HOST="127.0.0.1",
+        DFP_GROUP_ID="deepfake-demo",
+        DFP_KAFKA_SESSION_TIMEOUT_MS="6000",
+        DFP_KAFKA_HEARTBEAT_INTERVAL_MS="500",
+    )
     if model_dir:
         env["DFP_MODEL_DIR"] = model_dir
     with log_path.open("wb") as log:
@@ -85,8 +91,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool],
     return False
 
 
-def _serve(args: argparse.Namespace, bootstrap: str, http_port: int, proc: subprocess.Popen[bytes],
-           stop: dict[str, bool]) -> int:  # fmt: skip
+def _serve(
+    args: argparse.Namespace, bootstrap: str, http_port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool]
+) -> int:
     print(f"processor starting (pid {proc.pid}); health http://127.0.0.1:{http_port}/health")
     if not _wait_ready(http_port, proc, stop):
         print("processor did not become ready", file=sys.stderr)
@@ -115,10 +122,14 @@ def _serve(args: argparse.Namespace, bootstrap: str, http_port: int, proc: subpr
 
 def _describe(msg: Message) -> str:
     if msg.topic() == TOPICS[2]:
-        headers = {k: v.decode(errors="replace") for k, v in msg.headers() or []}
-        return (f"DLQ    {headers.get('event_id', '?'):<14} code={headers['error.code']:<20} "
-                f"{headers['error.message'][:70]}")  # fmt: skip
+        headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}  # type: ignore[union-attr,str-unpack]
+        return (
+            f"DLQ    {headers.get('event_id', '?'):<14} code={headers['error.code']:<20} "
+            f"{headers['error.message'][:70]}"
+        )
     doc = json.loads(msg.value() or b"{}")
     faces = f" faces={len(doc['faces'])}" if doc.get("faces") else ""
-    return (f"RESULT {doc['event_id']:<14} label={doc['label']:<5} fake_score={doc['fake_score']:.4f}{faces} "
-            f"p{doc['source']['partition']}@{doc['source']['offset']} {doc['timings_ms']['total']:.1f} ms")  # fmt: skip
+    return (
+        f"RESULT {doc['event_id']:<14} label={doc['label']:<5} fake_score={doc['fake_score']:.4f}{faces} "
+        f"p{doc['source']['partition']}@{doc['source']['offset']} {doc['timings_ms']['total']:.1f} ms"
+    )

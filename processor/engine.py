@@ -65,8 +65,16 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 class Engine:
     """Owns the session. `infer` is called from the scoring thread only."""
 
-    def __init__(self, model: ModelFiles, providers: Providers, *, require_gpu: bool, threads: int = 0,
-                 fake_label: str | None = None, threshold: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: ModelFiles,
+        providers: Providers,
+        *,
+        require_gpu: bool,
+        threads: int = 0,
+        fake_label: str | None = None,
+        threshold: float = 0.5,
+    ) -> None:
         self.model = model
         names = tuple(model.id2label[i] for i in sorted(model.id2label))
         self.labels = Labels(names, fake_class_index(model.id2label, fake_label), threshold)
@@ -88,7 +96,7 @@ class Engine:
                 "provider": self.provider,
                 "sha256": model.sha256[:12],
                 "path": str(model.onnx_path),
-            },  # fmt: skip
+            },
         )
 
     def _open(self, path: Path, choice: Providers, threads: int) -> ort.InferenceSession:
@@ -119,7 +127,7 @@ class Engine:
             raise RuntimeError(f"model returned logits of shape {logits.shape} for a batch of {batch.shape[0]}")
         return probabilities(logits)
 
-    def warm_up(self, sample_shape: tuple[int, int, int], batch_sizes: tuple[int, ...] = (1,)) -> None:
+    def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size so the first real batch pays no allocation or kernel-selection cost."""
         for n in batch_sizes:
             probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
 
     from processor.engine import Engine
@@ -55,6 +57,8 @@ class InFlight:
     scored_by: Engine | None = None
     # Set on the consumer thread.
     outcome: Outcome | None = None
+    # Set for events of the synchronous HTTP API (/detect): resolved instead of producing to Kafka.
+    waiter: Future[InFlight] | None = None
     produced_at: float = 0.0
     acked: bool = False
 

@@ -57,7 +57,7 @@ class OffsetTracker:
         self._count += 1
 
     def releasable(self) -> Iterator[InFlight]:
-        """Events whose outcome is set and every earlier event of their partition is released: produce these, in order."""
+        """Events whose outcome is set and whose partition predecessors are all released; produce these in order."""
         for part in self._parts.values():
             while part.waiting and part.waiting[0].outcome is not None:
                 item = part.waiting.popleft()
@@ -75,8 +75,11 @@ class OffsetTracker:
     def committable(self) -> dict[TopicPartition, int]:
         """Offsets (last acknowledged + 1) that moved since the last commit, owned partitions only."""
         self.advance()
-        return {tp: p.next_commit for tp, p in self._parts.items()
-                if p.next_commit is not None and p.next_commit != p.committed}  # fmt: skip
+        return {
+            tp: p.next_commit
+            for tp, p in self._parts.items()
+            if p.next_commit is not None and p.next_commit != p.committed
+        }
 
     def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

@@ -69,8 +69,16 @@ def _expand(sources: Iterable[str]) -> Iterator[Path]:
             yield from (Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
 
 
-def send(producer: Producer, topic: str, events: Iterable[SampleEvent], *, rate: float = 0.0,
-         duration_s: float = 0.0, total: int | None = None, progress: bool = False) -> dict[str, float]:  # fmt: skip
+def send(
+    producer: Producer,
+    topic: str,
+    events: Iterable[SampleEvent],
+    *,
+    rate: float = 0.0,
+    duration_s: float = 0.0,
+    total: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """Produce events (paced when rate > 0); flush; return a summary."""
     bar = _progress(total, progress)
     started = time.monotonic()
@@ -96,7 +104,7 @@ def send(producer: Producer, topic: str, events: Iterable[SampleEvent], *, rate:
 def _produce(producer: Producer, topic: str, event: SampleEvent) -> None:
     while True:
         try:
-            producer.produce(topic, value=event.value, key=event.key, headers=event.headers or None)
+            producer.produce(topic, value=event.value, key=event.key, headers=event.headers or None)  # type: ignore[arg-type]
             producer.poll(0)
             return
         except BufferError:
@@ -114,18 +122,40 @@ def _progress(total: int | None, enabled: bool) -> Any:
 
 
 def make_producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4",
-                     "message.max.bytes": 64 * 1024 * 1024, "enable.idempotence": True})  # fmt: skip
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.max.bytes": 64 * 1024 * 1024,
+            "enable.idempotence": True,
+        }
+    )
 
 
 def run_produce(args: argparse.Namespace) -> int:
     if args.sources:
         events: Iterable[SampleEvent] = file_events(args.sources, args.count, args.raw, args.prefix)
     else:
-        events = sample_events(args.count, seed=args.seed, sizes=parse_sizes(args.size), bad_every=args.bad_every,
-                               faces_every=args.faces_every, prefix=args.prefix)  # fmt: skip
-    summary = send(make_producer(args.bootstrap_servers), args.topic, events, rate=args.rate,
-                   duration_s=args.duration_s, total=args.count, progress=not args.no_progress)  # fmt: skip
-    print(f"produced {summary['sent']} events to {args.topic} in {summary['seconds']} s "
-          f"({summary['events_per_s']} events/s)")  # fmt: skip
+        events = sample_events(
+            args.count,
+            seed=args.seed,
+            sizes=parse_sizes(args.size),
+            bad_every=args.bad_every,
+            faces_every=args.faces_every,
+            prefix=args.prefix,
+        )
+    summary = send(
+        make_producer(args.bootstrap_servers),
+        args.topic,
+        events,
+        rate=args.rate,
+        duration_s=args.duration_s,
+        total=args.count,
+        progress=not args.no_progress,
+    )
+    print(
+        f"produced {summary['sent']} events to {args.topic} in {summary['seconds']} s "
+        f"({summary['events_per_s']} events/s)"
+    )
     return 0

@@ -36,18 +36,29 @@ def result_outcome(item: InFlight, output_topic: str) -> Outcome:
             faces.append(FaceScore(box=box, fake_score=face_score, label=face_label))
     now = time.monotonic()
     result = ScoreResult(
-        event_id=item.event_id, post_id=item.post_id, user_id=item.user_id,
-        label=label, is_fake=is_fake, fake_score=fake_score, scores=scores, faces=faces, model=model,
+        event_id=item.event_id,
+        post_id=item.post_id,
+        user_id=item.user_id,
+        label=label,
+        is_fake=is_fake,
+        fake_score=fake_score,
+        scores=scores,
+        faces=faces,
+        model=model,
         source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset),
         timings_ms=StageTimings(
-            queue=_ms(item.consumed_at, item.decode_started), decode=_ms(item.decode_started, item.decoded_at),
-            inference=round(item.inference_ms, 3), total=_ms(item.consumed_at, now),
+            queue=_ms(item.consumed_at, item.decode_started),
+            decode=_ms(item.decode_started, item.decoded_at),
+            inference=round(item.inference_ms, 3),
+            total=_ms(item.consumed_at, now),
         ),
-        metadata=item.metadata, processed_at=_utc_now(),
-    )  # fmt: skip
+        metadata=item.metadata,
+        processed_at=_utc_now(),
+    )
     headers: Headers = [("event_id", item.event_id.encode())]
-    return Outcome(topic=output_topic, value=result.model_dump_json(exclude_none=True).encode(), headers=headers,
-                   label=label)  # fmt: skip
+    return Outcome(
+        topic=output_topic, value=result.model_dump_json(exclude_none=True).encode(), headers=headers, label=label
+    )
 
 
 def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -> Outcome:
@@ -71,8 +82,28 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def producer_config(bootstrap: str, passthrough: dict[str, str], max_message_bytes: int,
-                    transactional_id: str | None) -> dict[str, Any]:  # fmt: skip
+# DFP_KAFKA_* goes to both clients; these consumer-only keys would make librdkafka warn on the producer.
+CONSUMER_ONLY_PREFIXES = (
+    "group.",
+    "session.timeout",
+    "heartbeat.",
+    "max.poll",
+    "auto.",
+    "enable.auto",
+    "fetch.",
+    "partition.assignment",
+    "isolation.level",
+    "queued.",
+    "enable.partition.eof",
+    "check.crcs",
+    "allow.auto.create",
+    "max.partition.fetch",
+)
+
+
+def producer_config(
+    bootstrap: str, passthrough: dict[str, str], max_message_bytes: int, transactional_id: str | None
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,  # no duplicates or reordering from producer retries
@@ -85,7 +116,7 @@ def producer_config(bootstrap: str, passthrough: dict[str, str], max_message_byt
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
-    config.update(passthrough)
+    config.update({k: v for k, v in passthrough.items() if not k.startswith(CONSUMER_ONLY_PREFIXES)})
     return config
 
 
@@ -105,13 +136,19 @@ class Publisher:
         while True:
             try:
                 self.producer.produce(
-                    outcome.topic, value=outcome.value, key=item.key, headers=outcome.headers,
-                    on_delivery=lambda err, msg, item=item: self._delivered(item, err, msg),
-                )  # fmt: skip
+                    outcome.topic,
+                    value=outcome.value,
+                    key=item.key,
+                    headers=outcome.headers,  # type: ignore[arg-type]
+                    on_delivery=self._callback(item),
+                )
                 return
             except BufferError:
                 # Local queue full: serve delivery reports to make room, then retry (never drop).
                 self.producer.poll(0.05)
+
+    def _callback(self, item: InFlight) -> Callable[[KafkaError | None, Message], None]:
+        return lambda err, msg: self._delivered(item, err, msg)
 
     def _delivered(self, item: InFlight, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -122,8 +159,16 @@ class Publisher:
         # Its offset must never be committed: record the first one and stop the loop.
         topic = msg.topic() or "?"
         self._on_error(topic)
-        log.error("delivery failed", extra={"topic": item.topic, "partition": item.partition,
-                                            "offset": item.offset, "event_id": item.event_id, "error": str(err)})  # fmt: skip
+        log.error(
+            "delivery failed",
+            extra={
+                "topic": item.topic,
+                "partition": item.partition,
+                "offset": item.offset,
+                "event_id": item.event_id,
+                "error": str(err),
+            },
+        )
         if self.fatal is None:
             self.fatal = Unrecoverable(f"delivery to {topic} failed for offset {item.offset}: {err}")
 

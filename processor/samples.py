@@ -25,8 +25,9 @@ class SampleEvent:
 def synthetic_image(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A smooth BGR picture with a few shapes: compresses like a photo, unlike pure noise."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / max(1, width) * 255, y / max(1, height) * 255,
-                     np.full_like(x, float(rng.integers(0, 255)))], axis=-1)  # fmt: skip
+    base = np.stack(
+        [x / max(1, width) * 255, y / max(1, height) * 255, np.full_like(x, float(rng.integers(0, 255)))], axis=-1
+    )
     image = base.astype(np.uint8)
     for _ in range(4):
         center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -39,25 +40,40 @@ def synthetic_image(rng: np.random.Generator, width: int, height: int) -> np.nda
 
 def encode(image: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
     # WebP at its default effort costs ~200 ms per 640x480 frame; the lowest effort is plenty for samples.
-    params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, 80],
-              "png": [cv2.IMWRITE_PNG_COMPRESSION, 1]}[fmt]  # fmt: skip
+    params = {
+        "jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, 80],
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
+    }[fmt]
     ok, buf = cv2.imencode(FORMATS[fmt], image, params)
     if not ok:
         raise ValueError(f"cannot encode {fmt}")
     return buf.tobytes()
 
 
-def json_event(event_id: str, image: bytes, faces: list[dict[str, int]] | None = None,
-               post_id: str | None = None) -> bytes:  # fmt: skip
-    doc: dict[str, object] = {"event_id": event_id, "post_id": post_id or f"p-{event_id}", "user_id": "u-demo",
-                              "image_b64": base64.b64encode(image).decode()}  # fmt: skip
+def json_event(
+    event_id: str, image: bytes, faces: list[dict[str, int]] | None = None, post_id: str | None = None
+) -> bytes:
+    doc: dict[str, object] = {
+        "event_id": event_id,
+        "post_id": post_id or f"p-{event_id}",
+        "user_id": "u-demo",
+        "image_b64": base64.b64encode(image).decode(),
+    }
     if faces:
         doc["faces"] = faces
     return json.dumps(doc).encode()
 
 
-def sample_events(count: int, *, seed: int = 0, sizes: tuple[tuple[int, int], ...] = ((640, 480),),
-                  bad_every: int = 0, faces_every: int = 3, prefix: str = "e") -> Iterator[SampleEvent]:  # fmt: skip
+def sample_events(
+    count: int,
+    *,
+    seed: int = 0,
+    sizes: tuple[tuple[int, int], ...] = ((640, 480),),
+    bad_every: int = 0,
+    faces_every: int = 3,
+    prefix: str = "e",
+) -> Iterator[SampleEvent]:
     """A deterministic mix: JSON JPEG/PNG/WebP events, raw-bytes events, some with faces, every Nth bad."""
     rng = np.random.default_rng(seed)
     formats = ("jpeg", "jpeg", "png", "webp")

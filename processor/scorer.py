@@ -51,8 +51,13 @@ def _widen(probs: np.ndarray, width: int) -> np.ndarray:
 class Scorer:
     """The scoring thread. `engine_ref` is read per batch so a hot-swapped model applies from the next batch."""
 
-    def __init__(self, batcher: MicroBatcher, engine_ref: Callable[[], Engine], on_done: Callable[[InFlight], None],
-                 metrics: Metrics) -> None:  # fmt: skip
+    def __init__(
+        self,
+        batcher: MicroBatcher,
+        engine_ref: Callable[[], Engine],
+        on_done: Callable[[InFlight], None],
+        metrics: Metrics,
+    ) -> None:
         self.batcher = batcher
         self.engine_ref = engine_ref
         self.on_done = on_done
@@ -109,7 +114,7 @@ class Scorer:
         if self._failed_batches < BROKEN_AFTER_FAILED_BATCHES:
             return
         try:
-            engine.warm_up(tuple(batch.tensor.shape[1:]))  # type: ignore[arg-type]
+            engine.warm_up(batch.tensor.shape[1:])
         except Exception as exc:
             raise Unrecoverable(
                 f"inference failed for {self._failed_batches} batches in a row and on a blank probe: {exc}"
