@@ -72,11 +72,13 @@ class Settings(BaseSettings):
     delivery: Delivery = Field(Delivery.AT_LEAST_ONCE, description="at-least-once or exactly-once")
     transactional_id: str | None = Field(
         None,
-        description="exactly-once: transactional.id (default <group>-<host>); keep stable across restarts",
+        description="exactly-once: transactional.id (default GROUP_ID-hostname); keep it stable across restarts",
     )
     fake_label: str | None = Field(None, description="Which id2label entry means fake (default: fake/deepfake/spoof)")
     fake_threshold: float = Field(0.5, ge=0.0, le=1.0, description="is_fake = fake_score >= threshold")
-    max_image_bytes: ByteSize = Field(ByteSize(20 * MiB), gt=0, description="Larger images go to the DLQ")
+    max_image_bytes: ByteSize = Field(
+        ByteSize(20 * MiB), gt=0, description="Larger images go to the DLQ (accepts 20MiB-style sizes)"
+    )
     max_image_pixels: int = Field(50_000_000, gt=0, description="Checked from the image header before decoding")
     max_faces: int = Field(64, ge=1, le=4096, description="More face boxes than this → invalid_schema")
     image_url_allowlist: CommaList = Field([], description="Hosts image_url may be fetched from; empty = off")
@@ -158,3 +160,26 @@ def _describe(exc: ValidationError) -> str:
         shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
         lines.append(f"invalid setting {where}: {err['msg']}{shown}")
     return "; ".join(lines)
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the class so the docs cannot drift (a test compares)."""
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if name == "kafka":
+            rows.append("| `DFP_KAFKA_<KEY>` | `--kafka KEY=VALUE` | | librdkafka passthrough: "
+                        "`DFP_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol` |")  # fmt: skip
+            continue
+        default = "cores" if name == "decode_workers" else _default_text(field.default)
+        rows.append(f"| `{env_name(name)}` | `{flag_name(name)}` | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, StrEnum):
+        return f"`{value.value}`"
+    if isinstance(value, list):
+        return f"`{','.join(value)}`" if value else "empty"
+    return f"`{value}`"
