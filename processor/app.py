@@ -9,7 +9,9 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import cv2
 
@@ -19,7 +21,7 @@ from processor.consumer import StreamLoop
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
 from processor.engine import Engine, gpu_provider_listed
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
-from processor.errors import ProcessorError, Unrecoverable
+from processor.errors import ConfigError, ProcessorError, Unrecoverable
 from processor.fetch import UrlFetcher
 from processor.http import Health, HttpServer
 from processor.inflight import InFlight
@@ -33,10 +35,10 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 
-def load_engine(settings: Settings) -> Engine:
-    model: ModelFiles = resolve_model(
-        settings.model_dir, settings.model_variant.value, gpu=gpu_provider_listed(settings.providers)
-    )
+def load_engine(settings: Settings, model_dir: Path | None = None, variant: str | None = None) -> Engine:
+    model_dir = model_dir or settings.model_dir
+    variant = variant or settings.model_variant.value
+    model: ModelFiles = resolve_model(model_dir, variant, gpu=gpu_provider_listed(settings.providers))
     engine = Engine(
         model,
         settings.providers,
@@ -45,9 +47,9 @@ def load_engine(settings: Settings) -> Engine:
         fake_label=settings.fake_label,
         threshold=settings.fake_threshold,
     )
-    if not engine.gpu and model.variant == "fp16" and settings.model_variant.value == "auto":
+    if not engine.gpu and model.variant == "fp16" and variant == "auto":
         # A GPU was listed but the session fell back to CPU: fp16 is the slow choice there, reload for CPU.
-        model = resolve_model(settings.model_dir, "auto", gpu=False)
+        model = resolve_model(model_dir, "auto", gpu=False)
         engine = Engine(
             model,
             settings.providers,
@@ -73,6 +75,7 @@ class Processor:
         self.decode: DecodePool | None = None
         self._signals = 0
         self._stop_early = False
+        self._reload_lock = threading.Lock()
         self.metrics.ready.set_function(lambda: 1.0 if self.health.ready else 0.0)
 
     def _finish(self, item: InFlight) -> None:
@@ -106,10 +109,7 @@ class Processor:
         engine = load_engine(s)
         self.engine = engine
         self.health.model_loaded = True
-        self.health.gpu_available, self.health.provider = engine.gpu, engine.provider
-        self.health.variant, self.health.model_name = engine.model.variant, engine.model.name
-        self.health.model_sha256 = engine.model.sha256
-        self.metrics.set_model(engine.model.name, engine.model.variant, engine.provider, engine.model.sha256)
+        self._publish_model(engine)
         pre = Preprocessor(engine.model.preprocess)
         engine.warm_up(pre.shape, tuple(sorted({1, s.max_batch_size})))
         self.health.warmed_up = True
@@ -154,6 +154,40 @@ class Processor:
         assert item.waiter is not None
         return item.waiter
 
+    def reload(self, model_dir: Path | None = None, variant: str | None = None) -> dict[str, Any]:
+        """Hot swap: load, validate and warm a model beside the serving one, then swap between two batches.
+
+        The scorer reads `self.engine` once per batch and stamps each event with the engine that scored it,
+        so no event is lost or scored twice and results carry the new `model` from the first batch after.
+        A model that fails to load or warm, or needs different preprocessing, is refused; the old one serves on.
+        """
+        with self._reload_lock:
+            old = self._engine()
+            try:
+                new = load_engine(self.settings, model_dir, variant)
+                if new.model.preprocess != old.model.preprocess:
+                    raise ConfigError("new model needs different preprocessing; restart the processor to switch")
+                new.warm_up(Preprocessor(new.model.preprocess).shape, tuple(sorted({1, self.settings.max_batch_size})))
+            except Exception as exc:  # any failure (load, validation, warm-up) keeps the serving model
+                log.error("model reload refused; old model keeps serving", extra={"error": str(exc)[:500]})
+                return {"swapped": False, "error": str(exc)[:500], "model": old.ref.model_dump()}
+            self.engine = new
+            self._publish_model(new)
+            log.info(
+                "model swapped",
+                extra={"model": new.model.name, "variant": new.model.variant, "sha256": new.model.sha256[:12]},
+            )
+            return {"swapped": True, "model": new.ref.model_dump(), "previous": old.ref.model_dump()}
+
+    def _publish_model(self, engine: Engine) -> None:
+        self.health.gpu_available, self.health.provider = engine.gpu, engine.provider
+        self.health.variant, self.health.model_name = engine.model.variant, engine.model.name
+        self.health.model_sha256 = engine.model.sha256
+        self.metrics.set_model(engine.model.name, engine.model.variant, engine.provider, engine.model.sha256)
+
+    def on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
     def _engine(self) -> Engine:
         assert self.engine is not None
         return self.engine
@@ -196,5 +230,6 @@ def run(settings: Settings) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, processor.request_stop)
         signal.signal(signal.SIGINT, processor.request_stop)
+        signal.signal(signal.SIGHUP, processor.on_sighup)
     processor.build()
     return processor.run()

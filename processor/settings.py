@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8007, ge=0, le=65535, description="Health/metrics port; 0 = pick a free one")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: LogFormat = Field(LogFormat.JSON, description="json or text")
+    admin_api: bool = Field(False, description="Serve POST /admin/reload (hot model swap); SIGHUP always works")
     commit_interval_ms: int = Field(1000, ge=10, description="How often acknowledged offsets are committed")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM drain budget before exit")
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough (DFP_KAFKA_<KEY>)")

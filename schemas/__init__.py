@@ -5,6 +5,8 @@ from __future__ import annotations
 from schemas.events import (
     DLQ_HEADERS,
     SCHEMA_VERSION,
+    DeadLetter,
+    DeadLetterHeaders,
     FaceBox,
     FaceScore,
     ImageEvent,
@@ -17,6 +19,8 @@ from schemas.events import (
 __all__ = [
     "DLQ_HEADERS",
     "SCHEMA_VERSION",
+    "DeadLetter",
+    "DeadLetterHeaders",
     "FaceBox",
     "FaceScore",
     "ImageEvent",

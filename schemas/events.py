@@ -125,3 +125,33 @@ class ScoreResult(BaseModel):
     timings_ms: StageTimings
     metadata: dict[str, Any] | None = None
     processed_at: str
+
+
+class DeadLetterHeaders(BaseModel):
+    """The headers of a dead letter (SPEC §5), as UTF-8 text. The input's own headers come first and are kept."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    error_code: str = Field(
+        alias="error.code",
+        description="Stable reason: invalid_json, invalid_schema, missing_image, image_too_large, "
+        "image_too_many_pixels, image_decode_failed, face_out_of_bounds, url_not_allowed, fetch_failed, "
+        "inference_failed",
+    )
+    error_message: str = Field(alias="error.message", description="Human-readable detail (at most 2000 bytes)")
+    error_stage: str = Field(alias="error.stage", description="parse, decode, fetch or inference")
+    source_topic: str = Field(alias="source.topic", description="Input topic")
+    source_partition: str = Field(alias="source.partition", pattern=r"^-?[0-9]+$", description="Input partition")
+    source_offset: str = Field(alias="source.offset", pattern=r"^-?[0-9]+$", description="Input offset")
+    source_timestamp: str = Field(
+        alias="source.timestamp", pattern=r"^([0-9]+)?$", description="Input's Kafka timestamp (ms); empty if none"
+    )
+    event_id: str | None = Field(None, description="The event's id when it could be read (header or envelope)")
+
+
+class DeadLetter(BaseModel):
+    """A dead-letter record: the input's key and value byte-for-byte, plus the error and source headers."""
+
+    key: bytes | None = Field(description="The input's key, unchanged (null stays null)")
+    value: bytes = Field(description="The input's value, unchanged (JSON envelope or raw image bytes)")
+    headers: DeadLetterHeaders

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGTERM
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -74,7 +75,7 @@ class ProcessorProc:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40.0) -> int:
+    def stop(self, sig: int = SIGTERM, timeout_s: float = 40.0) -> int:
         assert self.proc is not None
         self.signal(sig)
         try:

@@ -127,34 +127,35 @@ def test_exactly_max_faces_boxes_are_accepted() -> None:
 # --- refusals -----------------------------------------------------------------------------------------------
 
 
+REFUSALS: list[tuple[str, bytes, Headers | None, type]] = [
+    ("empty_value", b"", None, MissingImage),
+    ("empty_image_b64", _doc(image_b64=""), None, MissingImage),
+    ("empty_data_url", _doc(image_b64="data:image/png;base64,"), None, MissingImage),
+    ("unterminated_json", b'{"event_id": "e", "image_b64": "x"', None, InvalidJson),
+    ("non_utf8_json", b'{"event_id": "\xff\xfe"}', None, InvalidJson),
+    ("image_labelled_json", IMAGE, [("content-type", b"application/json")], InvalidJson),
+    ("json_array", b"[1, 2]", None, InvalidSchema),
+    ("json_number_labelled_json", b"42", [("content-type", b"application/json")], InvalidSchema),
+    ("missing_event_id", json.dumps({"image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
+    ("event_id_number", json.dumps({"event_id": 7, "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
+    ("event_id_empty", json.dumps({"event_id": "", "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
+    ("event_id_257", json.dumps({"event_id": "e" * 257, "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
+    ("both_sources", _doc(image_b64=_b64(IMAGE), image_url="https://a.example/x.png"), None, InvalidSchema),
+    ("no_source", _doc(post_id="p"), None, InvalidSchema),
+    ("metadata_list", _doc(image_b64=_b64(IMAGE), metadata=[1]), None, InvalidSchema),
+    ("faces_object", _doc(image_b64=_b64(IMAGE), faces={"x": 1}), None, InvalidSchema),
+    ("face_fractional", _doc(image_b64=_b64(IMAGE), faces=[{**BOX, "x": 1.5}]), None, InvalidSchema),
+    ("face_zero_width", _doc(image_b64=_b64(IMAGE), faces=[{**BOX, "width": 0}]), None, InvalidSchema),
+    ("face_string", _doc(image_b64=_b64(IMAGE), faces=[{**BOX, "y": "2"}]), None, InvalidSchema),
+    ("too_many_faces", _doc(image_b64=_b64(IMAGE), faces=[BOX] * (MAX_FACES + 1)), None, InvalidSchema),
+    ("bad_base64", _doc(image_b64="!!!not*base64@@@"), None, ImageDecodeFailed),
+    ("raw_over_max", IMAGE + bytes(MAX_BYTES), [("event_id", b"big")], ImageTooLarge),
+    ("b64_over_max", _doc(image_b64=_b64(bytes(MAX_BYTES + 1))), None, ImageTooLarge),
+]
+
+
 @pytest.mark.parametrize(
-    ("value", "headers", "error"),
-    [
-        (b"", None, MissingImage),
-        (_doc(image_b64=""), None, MissingImage),
-        (_doc(image_b64="data:image/png;base64,"), None, MissingImage),
-        (b'{"event_id": "e", "image_b64": "x"', None, InvalidJson),
-        (b'{"event_id": "\xff\xfe"}', None, InvalidJson),
-        (IMAGE, [("content-type", b"application/json")], InvalidJson),
-        (b"[1, 2]", None, InvalidSchema),
-        (b"42", [("content-type", b"application/json")], InvalidSchema),
-        (json.dumps({"image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
-        (json.dumps({"event_id": 7, "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
-        (json.dumps({"event_id": "", "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
-        (json.dumps({"event_id": "e" * 257, "image_b64": _b64(IMAGE)}).encode(), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), image_url="https://a.example/x.png"), None, InvalidSchema),
-        (_doc(post_id="p"), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), metadata=[1]), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), faces={"x": 1}), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), faces=[{**BOX, "x": 1.5}]), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), faces=[{**BOX, "width": 0}]), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), faces=[{**BOX, "y": "2"}]), None, InvalidSchema),
-        (_doc(image_b64=_b64(IMAGE), faces=[BOX] * (MAX_FACES + 1)), None, InvalidSchema),
-        (_doc(image_b64="!!!not*base64@@@"), None, ImageDecodeFailed),
-        (IMAGE + bytes(MAX_BYTES), [("event_id", b"big")], ImageTooLarge),
-        (_doc(image_b64=_b64(bytes(MAX_BYTES + 1))), None, ImageTooLarge),
-    ],
-    ids=lambda v: v.code if isinstance(v, type) and hasattr(v, "code") else None,
+    ("value", "headers", "error"), [pytest.param(*r[1:], id=f"{r[0]}-{r[3].code}") for r in REFUSALS]
 )
 def test_refused_envelope_raises_error_with_its_dlq_code(value: bytes, headers: Headers | None, error: type) -> None:
     with pytest.raises(error):
