@@ -152,10 +152,15 @@ def _size_bytes(path: Path) -> int:
 
 def _describe_value(value: onnx.ValueInfoProto) -> str:
     tensor = value.type.tensor_type
-    dims = ",".join(d.dim_param or str(d.dim_value) if d.HasField("dim_value") or d.dim_param else "?"
-                    for d in tensor.shape.dim)  # fmt: skip
+    dims = ",".join(_dim_text(d) for d in tensor.shape.dim)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     return f"{value.name} {dtype} [{dims}]"
+
+
+def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    return dim.dim_param or "?"
 
 
 def format_table(reports: Sequence[VariantReport]) -> str:
@@ -192,4 +197,9 @@ def machine_description() -> dict[str, Any]:
     if cpuinfo.is_file():
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "onnxruntime": ort.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+    }

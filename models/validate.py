@@ -83,9 +83,10 @@ def check_variant(path: Path, num_labels: int, preprocess: PreprocessConfig) -> 
         return [f"onnxruntime cannot load it: {str(exc)[:300]}"], ()
     inputs = session.get_inputs()
     shape = tuple(_dim(d) for d in inputs[0].shape) if inputs else ()
-    problems = input_problems(inputs, preprocess) + output_problems(_logits_output(session), num_labels)
-    if not problems:
-        problems = run_problems(session, preprocess, num_labels)
+    output = _logits_output(session)
+    problems = input_problems(inputs, preprocess) + output_problems(output, num_labels)
+    if not problems and output is not None:
+        problems = run_problems(session, output.name, preprocess, num_labels)
     return problems, shape
 
 
@@ -127,20 +128,19 @@ def output_problems(output: Any | None, num_labels: int) -> list[str]:
     return []
 
 
-def run_problems(session: Any, preprocess: PreprocessConfig, num_labels: int) -> list[str]:
+def run_problems(session: Any, output: str, preprocess: PreprocessConfig, num_labels: int) -> list[str]:
     """Run a synthetic batch as the engine would; report a failure, a wrong shape or non-finite scores."""
     batch = synthetic_images(VALIDATION_BATCH, preprocess, SYNTHETIC_SEED)
-    output = _logits_output(session)
     try:
-        (logits,) = session.run([output.name], {session.get_inputs()[0].name: batch})
+        (logits,) = session.run([output], {session.get_inputs()[0].name: batch})
     except Exception as exc:  # any ORT failure at run time means the model cannot serve
         return [f"inference on a synthetic batch of {VALIDATION_BATCH} fails: {str(exc)[:300]}"]
     if logits.ndim != 2 or logits.shape[0] != VALIDATION_BATCH:
-        return [f"output {output.name!r} is {list(logits.shape)} for a batch of {VALIDATION_BATCH}; expected [N,C]"]
+        return [f"output {output!r} is {list(logits.shape)} for a batch of {VALIDATION_BATCH}; expected [N,C]"]
     if not _classes_fit(logits.shape[1], num_labels):
-        return [_classes_message(output.name, logits.shape[1], num_labels)]
+        return [_classes_message(output, logits.shape[1], num_labels)]
     if not np.isfinite(logits).all():
-        return [f"output {output.name!r} has non-finite values (NaN/Inf) on a synthetic batch of {VALIDATION_BATCH}"]
+        return [f"output {output!r} has non-finite values (NaN/Inf) on a synthetic batch of {VALIDATION_BATCH}"]
     return []
 
 
@@ -158,7 +158,7 @@ def synthetic_images(count: int, preprocess: PreprocessConfig, seed: int) -> np.
     for i in range(count):
         grid = int(rng.integers(2, 17))
         coarse = rng.integers(0, 256, (grid, grid, 3), dtype=np.uint8)
-        image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        image: np.ndarray = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
         image += rng.normal(0.0, 8.0, image.shape).astype(np.float32)
         image = np.rint(np.clip(image, 0.0, 255.0))
         out[i] = (image * scale + bias).transpose(2, 0, 1)

@@ -49,15 +49,10 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     return tuple(v for v in DERIVED_VARIANTS if v in wanted)
 
 
-def derive_variants(
-    model_dir: Path,
-    only: Sequence[str] = DERIVED_VARIANTS,
-    *,
-    on_start: Callable[[str], None] | None = None,
-) -> list[DerivedVariant]:
+def derive_variants(model_dir: Path, only: Sequence[str] = DERIVED_VARIANTS) -> list[DerivedVariant]:
     """Write each requested variant as `model_dir/onnx/<file>` from the fp32 model; return what was written.
 
-    An existing variant file is overwritten. `on_start(variant)` is called before each one (progress output).
+    An existing variant file is overwritten. Call it once per variant for progress between them.
     """
     source = find_variants(model_dir).get("fp32") if model_dir.is_dir() else None
     if source is None:
@@ -66,8 +61,6 @@ def derive_variants(
     out_dir.mkdir(exist_ok=True)
     written: list[DerivedVariant] = []
     for variant in only:
-        if on_start is not None:
-            on_start(variant)
         target = out_dir / VARIANT_FILES[variant][0]
         started = time.perf_counter()
         _DERIVERS[variant](source, target)

@@ -22,8 +22,11 @@ def _ms(start: float, end: float) -> float:
     return round(max(0.0, end - start) * 1000.0, 3)
 
 
-def result_outcome(item: InFlight, output_topic: str) -> Outcome:
-    """Build the SPEC §5 result. With faces, the event's score is the face with the highest fake score."""
+def result_fields(item: InFlight) -> dict[str, Any]:
+    """The SPEC §5 result fields of a scored item, all but Kafka's `source` (shared with the /detect API).
+
+    With faces, the event's score is the face with the highest fake score.
+    """
     assert item.probs is not None and item.scored_by is not None
     labels, model = item.scored_by.labels, item.scored_by.ref
     worst = int(np.argmax(item.probs[:, labels.fake_index]))
@@ -35,29 +38,37 @@ def result_outcome(item: InFlight, output_topic: str) -> Outcome:
             face_label, _, face_score, _ = labels.fields(row)
             faces.append(FaceScore(box=box, fake_score=face_score, label=face_label))
     now = time.monotonic()
-    result = ScoreResult(
-        event_id=item.event_id,
-        post_id=item.post_id,
-        user_id=item.user_id,
-        label=label,
-        is_fake=is_fake,
-        fake_score=fake_score,
-        scores=scores,
-        faces=faces,
-        model=model,
-        source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset),
-        timings_ms=StageTimings(
+    return {
+        "event_id": item.event_id,
+        "post_id": item.post_id,
+        "user_id": item.user_id,
+        "label": label,
+        "is_fake": is_fake,
+        "fake_score": fake_score,
+        "scores": scores,
+        "faces": faces,
+        "model": model,
+        "timings_ms": StageTimings(
             queue=_ms(item.consumed_at, item.decode_started),
             decode=_ms(item.decode_started, item.decoded_at),
             inference=round(item.inference_ms, 3),
             total=_ms(item.consumed_at, now),
         ),
-        metadata=item.metadata,
-        processed_at=_utc_now(),
-    )
+        "metadata": item.metadata,
+        "processed_at": _utc_now(),
+    }
+
+
+def result_outcome(item: InFlight, output_topic: str) -> Outcome:
+    """Build the SPEC §5 result message for OUTPUT_TOPIC."""
+    fields = result_fields(item)
+    result = ScoreResult(**fields, source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset))
     headers: Headers = [("event_id", item.event_id.encode())]
     return Outcome(
-        topic=output_topic, value=result.model_dump_json(exclude_none=True).encode(), headers=headers, label=label
+        topic=output_topic,
+        value=result.model_dump_json(exclude_none=True).encode(),
+        headers=headers,
+        label=result.label,
     )
 
 

@@ -1,0 +1,173 @@
+"""In-process bench stages, no Kafka: the decode stage alone, the model alone, and decode + batch + score together.
+
+They use the processor's own classes (DecodePool/Decoder/Preprocessor, MicroBatcher, Scorer, Engine) wired
+as `processor.app` wires them, so their rates are ceilings the Kafka pipeline can be held against.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.loader import find_variants, resolve_model
+from processor.app import load_engine
+from processor.batcher import MicroBatcher
+from processor.bench_workload import to_inflight
+from processor.decode import DecodeLimits, Decoder, DecodePool, Preprocessor
+from processor.engine import Engine
+from processor.inflight import InFlight
+from processor.metrics import Metrics
+from processor.publish import dead_letter_outcome, result_outcome
+from processor.samples import SampleEvent
+from processor.scorer import Scorer
+from processor.settings import Settings
+
+DRAIN_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class StageRun:
+    """How many images a stage finished and in how long (first submission to last completion)."""
+
+    images: int
+    seconds: float
+    extra: dict[str, float] | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Completion:
+    """Counts finished items from worker threads; a bounded semaphore caps how many are outstanding."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self.done = 0
+        self.last = 0.0
+        self._expected: int | None = None
+        self.all_done = threading.Event()
+
+    def finish(self, item: InFlight) -> None:
+        item.crops = None
+        with self._lock:
+            self.done += 1
+            self.last = time.monotonic()
+            if self._expected is not None and self.done >= self._expected:
+                self.all_done.set()
+        self.slots.release()
+
+    def expect(self, total: int) -> None:
+        with self._lock:
+            self._expected = total
+            if self.done >= total:
+                self.all_done.set()
+
+
+def _drive(submit: Callable[[InFlight], None], events: Sequence[SampleEvent], seconds: float,
+           completion: _Completion) -> StageRun:  # fmt: skip
+    """Submit events (cycled) for `seconds`, never more outstanding than the semaphore allows; wait for all."""
+    started = time.monotonic()
+    submitted = 0
+    while time.monotonic() - started < seconds:
+        completion.slots.acquire()
+        submit(to_inflight(events[submitted % len(events)], submitted))
+        submitted += 1
+    completion.expect(submitted)
+    if not completion.all_done.wait(DRAIN_TIMEOUT_S):
+        raise RuntimeError(f"in-process stage finished only {completion.done} of {submitted} images")
+    return StageRun(completion.done, completion.last - started)
+
+
+def limits_of(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(int(settings.max_image_bytes), settings.max_image_pixels, settings.max_faces)
+
+
+def decode_only(settings: Settings, events: Sequence[SampleEvent], seconds: float) -> StageRun:
+    """DecodePool on DECODE_WORKERS threads with the served model's preprocessing; outputs are dropped."""
+    model = resolve_model(settings.model_dir, settings.model_variant.value)
+    decoder = Decoder(Preprocessor(model.preprocess), limits_of(settings), None)
+    completion = _Completion(4 * settings.decode_workers)
+    failures: list[InFlight] = []
+
+    def failed(item: InFlight) -> None:
+        failures.append(item)
+        completion.finish(item)
+
+    pool = DecodePool(decoder, settings.decode_workers, completion.finish, failed)
+    try:
+        run = _drive(pool.submit, events, seconds, completion)
+    finally:
+        pool.shutdown()
+    if failures:
+        raise RuntimeError(f"decode failed for bench event {failures[0].offset}: {failures[0].error}")
+    return run
+
+
+def model_variants(model_dir: Path, wanted: Sequence[str] | None) -> list[str]:
+    """The variants to bench: those present in the model directory, kept to `wanted` when given."""
+    present = list(find_variants(model_dir)) if model_dir.is_dir() else [resolve_model(model_dir).variant]
+    if wanted:
+        missing = [v for v in wanted if v not in present]
+        if missing:
+            raise ValueError(f"variants {missing} are not in {model_dir} (present: {', '.join(present)})")
+        return [v for v in present if v in wanted]
+    return present
+
+
+def model_only(settings: Settings, variant: str, batch_sizes: Sequence[int], seconds: float) -> dict[int, float]:
+    """Median milliseconds per Engine.infer call, per batch size, on random preprocessed tensors."""
+    model = resolve_model(settings.model_dir, variant)
+    engine = Engine(model, settings.providers, require_gpu=False, threads=settings.inference_threads)
+    shape = Preprocessor(model.preprocess).shape
+    rng = np.random.default_rng(0)
+    return {n: _time_infer(engine, rng.uniform(-1, 1, (n, *shape)).astype(np.float32), seconds) for n in batch_sizes}
+
+
+def _time_infer(engine: Engine, batch: np.ndarray, seconds: float) -> float:
+    engine.infer(batch)  # first call per shape pays allocation and kernel selection
+    times: list[float] = []
+    started = time.monotonic()
+    while len(times) < 3 or time.monotonic() - started < seconds:
+        t0 = time.perf_counter()
+        engine.infer(batch)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: float) -> StageRun:
+    """DecodePool → MicroBatcher → Scorer → result building, as in processor.app, with no Kafka around it."""
+    engine = load_engine(settings)
+    pre = Preprocessor(engine.model.preprocess)
+    engine.warm_up(pre.shape, tuple(sorted({1, settings.max_batch_size})))
+    batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000.0, pre.shape)
+    completion = _Completion(settings.max_in_flight)
+
+    def finish(item: InFlight) -> None:  # what Processor._finish does, minus the metrics
+        if item.error is not None:
+            item.outcome = dead_letter_outcome(item, item.error, "dlq")
+        else:
+            item.outcome = result_outcome(item, "out")
+        completion.finish(item)
+
+    metrics = Metrics()
+    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, batcher.put, finish)
+    scorer = Scorer(batcher, lambda: engine, finish, metrics)
+    scorer.start()
+    try:
+        run = _drive(pool.submit, events, seconds, completion)
+    finally:
+        scorer.stop()
+        pool.shutdown(wait=False)
+    if scorer.fatal is not None:
+        raise RuntimeError(f"scorer failed: {scorer.fatal}")
+    total = metrics.registry.get_sample_value("deepfake_batch_size_sum") or 0.0
+    batches = metrics.registry.get_sample_value("deepfake_batch_size_count") or 0.0
+    return StageRun(run.images, run.seconds, {"mean_batch_size": total / batches if batches else 0.0})

@@ -1,0 +1,67 @@
+"""Logits → probabilities (softmax; sigmoid for one logit) and probabilities → the SPEC §5 label fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from processor.engine import Labels, probabilities
+
+REAL_FAKE = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.5)
+
+
+def test_softmax_rows_sum_to_one() -> None:
+    rng = np.random.default_rng(0)
+    probs = probabilities(rng.normal(size=(16, 5)).astype(np.float32))
+    assert probs.shape == (16, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs > 0).all()
+
+
+def test_softmax_matches_the_textbook_formula() -> None:
+    logits = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    expected = np.exp(logits) / np.exp(logits).sum()
+    np.testing.assert_allclose(probabilities(logits), expected, rtol=1e-6)
+
+
+def test_softmax_is_stable_for_huge_logits() -> None:
+    probs = probabilities(np.array([[1000.0, 0.0], [-1000.0, 1000.0], [5e4, 5e4]], dtype=np.float32))
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], atol=1e-6)
+
+
+def test_single_logit_uses_sigmoid_as_two_classes() -> None:
+    probs = probabilities(np.array([[0.0], [2.0], [-3.0]], dtype=np.float32))
+    p = 1.0 / (1.0 + np.exp(-np.array([0.0, 2.0, -3.0])))
+    np.testing.assert_allclose(probs, np.stack([1 - p, p], axis=1), rtol=1e-6)
+
+
+def test_fake_class_is_picked_by_index_not_position() -> None:
+    labels = Labels(names=("Fake", "Real"), fake_index=0, threshold=0.5)
+    label, is_fake, fake_score, scores = labels.fields(np.array([0.9, 0.1]))
+    assert (label, is_fake, fake_score) == ("Fake", True, pytest.approx(0.9))
+    assert scores == {"Fake": pytest.approx(0.9), "Real": pytest.approx(0.1)}
+
+
+def test_score_equal_to_threshold_is_fake() -> None:
+    label, is_fake, fake_score, _ = REAL_FAKE.fields(np.array([0.5, 0.5]))
+    assert is_fake is True and label == "Fake" and fake_score == 0.5
+
+
+def test_score_just_below_threshold_is_not_fake() -> None:
+    labels = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.75)
+    label, is_fake, _, _ = labels.fields(np.array([0.26, 0.74]))
+    assert (label, is_fake) == ("Real", False)
+
+
+def test_not_fake_label_is_the_best_other_class() -> None:
+    labels = Labels(names=("Real", "Fake", "Cartoon"), fake_index=1, threshold=0.5)
+    label, is_fake, _, scores = labels.fields(np.array([0.2, 0.3, 0.5]))
+    assert (label, is_fake) == ("Cartoon", False)
+    assert set(scores) == {"Real", "Fake", "Cartoon"}
+
+
+def test_high_threshold_can_label_the_most_likely_class_not_fake() -> None:
+    labels = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.95)
+    label, is_fake, fake_score, _ = labels.fields(np.array([0.1, 0.9]))
+    assert (label, is_fake, fake_score) == ("Real", False, pytest.approx(0.9))
