@@ -19,7 +19,7 @@ from models.loader import find_variants, resolve_model
 from processor.app import load_engine
 from processor.batcher import MicroBatcher
 from processor.bench_workload import to_inflight
-from processor.decode import DecodeLimits, Decoder, DecodePool, Preprocessor
+from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
 from processor.engine import Engine
 from processor.inflight import InFlight
 from processor.metrics import Metrics

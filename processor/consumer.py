@@ -72,6 +72,7 @@ class StreamLoop:
         self.fatal: BaseException | None = None
         self._completed: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
         self._assigned: set[tuple[str, int]] = set()
+        self._lag_series: set[tuple[str, int]] = set()  # partitions with a lag gauge, removed on revoke
         self._paused = False
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
@@ -98,9 +99,13 @@ class StreamLoop:
     def _poll(self) -> list[Message]:
         budget = min(MAX_CONSUME, self.settings.max_in_flight - len(self.tracker))
         if budget <= 0:
-            self.consumer.poll(0)  # keeps the group session and rebalance callbacks served while paused
-            time.sleep(BUSY_POLL_S)
-            return []
+            # Paused: keep polling so rebalance callbacks and max.poll.interval.ms stay served. A message
+            # fetched before the pause may still come back; it is admitted, never dropped.
+            msg = self.consumer.poll(0)
+            if msg is None:
+                time.sleep(BUSY_POLL_S)
+                return []
+            return [msg]
         timeout = BUSY_POLL_S if len(self.tracker) else IDLE_POLL_S
         if not self._completed.empty():
             timeout = 0.0
@@ -254,16 +259,14 @@ class StreamLoop:
         dropped = sum(len(self.tracker.revoke(tp)) for tp in tps)
         self._assigned -= tps
         self._update_assignment_health()
-        for topic, partition in tps:
-            self.metrics.consumer_lag.remove(topic, str(partition)) if self._has_lag(topic, partition) else None
+        for topic, partition in tps & self._lag_series:
+            self.metrics.consumer_lag.remove(topic, str(partition))
+        self._lag_series -= tps
         log.info(
             "partitions %s",
             why,
             extra={"partitions": sorted(f"{t}[{p}]" for t, p in tps), "dropped_in_flight": dropped},
         )
-
-    def _has_lag(self, topic: str, partition: int) -> bool:
-        return (topic, str(partition)) in self.metrics.consumer_lag._metrics
 
     def _update_assignment_health(self) -> None:
         self.health.joined_group = True
@@ -315,6 +318,7 @@ class StreamLoop:
                 if int(pid) < 0 or (topic, int(pid)) not in self._assigned or lag is None or lag < 0:
                     continue
                 self.metrics.consumer_lag.labels(topic=topic, partition=pid).set(lag)
+                self._lag_series.add((topic, int(pid)))
                 total += lag
         self.health.lag = total if self._assigned else 0
 
