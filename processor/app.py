@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 
 from models.loader import ModelFiles, resolve_model
+from processor.api import ApiLimits, DetectApi
 from processor.batcher import MicroBatcher
 from processor.consumer import StreamLoop
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
@@ -23,6 +24,7 @@ from processor.engine import Engine, gpu_provider_listed
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ConfigError, ProcessorError, Unrecoverable
 from processor.fetch import UrlFetcher
+from processor.gpu import GpuMonitor
 from processor.http import Health, HttpServer
 from processor.inflight import InFlight
 from processor.metrics import Metrics
@@ -69,6 +71,9 @@ class Processor:
         self.metrics = metrics or Metrics()
         self.health = Health()
         self.http = HttpServer(settings.http_host, settings.http_port, self.health, self.metrics)
+        if settings.http_api:  # routed from the start, so /detect answers 503 (not 404) while the model loads
+            self.http.api = DetectApi(self.submit_sync, self.health, ApiLimits.from_settings(settings))
+        self.gpu: GpuMonitor | None = None
         self.engine: Engine | None = None
         self.loop: StreamLoop | None = None
         self.scorer: Scorer | None = None
@@ -87,6 +92,9 @@ class Processor:
         if item.error is not None:
             item.outcome = dead_letter_outcome(item, item.error, s.dlq_topic)
             m.dead_lettered.labels(code=item.error.code).inc()
+            if log.isEnabledFor(logging.DEBUG):  # one line per dead letter, never at INFO (hot path)
+                where = {"topic": item.topic, "partition": item.partition, "offset": item.offset}
+                log.debug("dead letter", extra={**where, "event_id": item.event_id, "error.code": item.error.code})
         else:
             item.outcome = result_outcome(item, s.output_topic)
             m.scored.labels(label=item.outcome.label or "").inc()
@@ -110,6 +118,7 @@ class Processor:
         self.engine = engine
         self.health.model_loaded = True
         self._publish_model(engine)
+        self.gpu = GpuMonitor.start_for(engine.gpu, self.metrics, self.health)
         pre = Preprocessor(engine.model.preprocess)
         engine.warm_up(pre.shape, tuple(sorted({1, s.max_batch_size})))
         self.health.warmed_up = True
@@ -209,6 +218,8 @@ class Processor:
         left = loop.shutdown(self.settings.shutdown_timeout_s)
         scorer.stop()
         self.decode.shutdown(wait=False)
+        if self.gpu is not None:
+            self.gpu.stop()
         self.http.stop()
         log.info("stopped", extra={"exit_code": code, "left_for_redelivery": left})
         return code

@@ -38,6 +38,7 @@ class StageRun:
     images: int
     seconds: float
     extra: dict[str, float] | None = None
+    provider: str = ""
 
     @property
     def images_per_s(self) -> float:
@@ -122,13 +123,15 @@ def model_variants(model_dir: Path, wanted: Sequence[str] | None) -> list[str]:
     return present
 
 
-def model_only(settings: Settings, variant: str, batch_sizes: Sequence[int], seconds: float) -> dict[int, float]:
-    """Median milliseconds per Engine.infer call, per batch size, on random preprocessed tensors."""
+def model_only(settings: Settings, variant: str, batch_sizes: Sequence[int],
+               seconds: float) -> tuple[dict[int, float], str]:  # fmt: skip
+    """Median milliseconds per Engine.infer call per batch size, on random preprocessed tensors; and the provider."""
     model = resolve_model(settings.model_dir, variant)
     engine = Engine(model, settings.providers, require_gpu=False, threads=settings.inference_threads)
     shape = Preprocessor(model.preprocess).shape
     rng = np.random.default_rng(0)
-    return {n: _time_infer(engine, rng.uniform(-1, 1, (n, *shape)).astype(np.float32), seconds) for n in batch_sizes}
+    timed = {n: _time_infer(engine, rng.uniform(-1, 1, (n, *shape)).astype(np.float32), seconds) for n in batch_sizes}
+    return timed, engine.provider
 
 
 def _time_infer(engine: Engine, batch: np.ndarray, seconds: float) -> float:
@@ -170,4 +173,4 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
         raise RuntimeError(f"scorer failed: {scorer.fatal}")
     total = metrics.registry.get_sample_value("deepfake_batch_size_sum") or 0.0
     batches = metrics.registry.get_sample_value("deepfake_batch_size_count") or 0.0
-    return StageRun(run.images, run.seconds, {"mean_batch_size": total / batches if batches else 0.0})
+    return StageRun(run.images, run.seconds, {"mean_batch_size": total / batches if batches else 0.0}, engine.provider)

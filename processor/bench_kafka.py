@@ -20,7 +20,7 @@ from processor.bench_inproc import StageRun, limits_of
 from processor.decode import Decoder, Preprocessor
 from processor.engine import Engine
 from processor.errors import ProcessorError
-from processor.inflight import InFlight, Outcome
+from processor.inflight import Headers, InFlight, Outcome
 from processor.publish import dead_letter_outcome, producer_config, result_outcome
 from processor.settings import Settings
 
@@ -50,8 +50,15 @@ class Output:
     dead_letter: bool
 
 
+def _header_pairs(msg: Message) -> Headers:
+    """The message's headers as (name, bytes) pairs, whatever shape the client returns them in."""
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else bytes(v or b"")) for k, v in pairs]
+
+
 def parse_output(msg: Message) -> Output:
-    headers = {k: v.decode("utf-8", errors="replace") for k, v in (msg.headers() or [])}
+    headers = {k: v.decode("utf-8", errors="replace") for k, v in _header_pairs(msg)}
     ts = msg.timestamp()[1]
     if "error.code" in headers:
         return Output(headers.get("event_id", ""), ts, None, int(headers["source.partition"]),
@@ -77,7 +84,12 @@ class OutputCollector:
         return len(messages)
 
     def with_prefix(self, prefix: str) -> list[Output]:
-        return [o for o in self.outputs if o.event_id.startswith(prefix)]
+        """One output per event id starting with `prefix` (an at-least-once duplicate counts once)."""
+        first: dict[str, Output] = {}
+        for output in self.outputs:
+            if output.event_id.startswith(prefix):
+                first.setdefault(output.event_id, output)
+        return list(first.values())
 
     def close(self) -> None:
         self._consumer.close()
@@ -140,10 +152,10 @@ class NaiveBaseline:
     def _handle(self, msg: Message) -> None:
         ts_type, ts = msg.timestamp()
         item = InFlight(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
-                        key=msg.key(), value=msg.value() or b"", headers=msg.headers(),
+                        key=msg.key(), value=msg.value() or b"", headers=_header_pairs(msg) or None,
                         timestamp_ms=ts if ts_type else None)  # fmt: skip
         outcome = self._score(item)
-        self.producer.produce(outcome.topic, value=outcome.value, key=item.key, headers=outcome.headers)
+        self.producer.produce(outcome.topic, value=outcome.value, key=item.key, headers=list(outcome.headers))
         self.producer.flush(30)  # wait for the ack before committing: at-least-once, one message at a time
         self.consumer.commit(message=msg, asynchronous=False)
 

@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands() -> list[Callable[[Any], None]]:
     from processor.demo import register as demo
     from processor.produce import register as produce
+    from schemas.cli import register as schemas
 
-    registers: list[Callable[[Any], None]] = [demo, produce]
+    registers: list[Callable[[Any], None]] = [demo, produce, schemas]
     try:
         from processor.bench import register as bench
 

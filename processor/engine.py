@@ -70,7 +70,7 @@ class Labels:
         else:
             others = [i for i in range(len(self.names)) if i != self.fake_index]
             label = self.names[max(others, key=lambda i: probs[i])] if others else self.names[self.fake_index]
-        scores = {name: round(float(p), 6) for name, p in zip(self.names, probs, strict=False)}
+        scores = {name: round(float(p), 6) for name, p in zip(self.names, probs, strict=True)}
         return label, is_fake, round(fake_score, 6), scores
 
 
@@ -158,3 +158,9 @@ class Engine:
             probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))
             if not np.isfinite(probs).all():
                 raise ConfigError("DFP_MODEL_DIR: the model returns non-finite scores on a blank image")
+            if probs.shape[1] != len(self.labels.names):
+                # A one-logit (sigmoid) model scores as two classes, so it needs two id2label entries.
+                raise ConfigError(
+                    f"DFP_MODEL_DIR: the model scores {probs.shape[1]} classes but config.json id2label has "
+                    f"{len(self.labels.names)} ({', '.join(self.labels.names)})"
+                )

@@ -1,4 +1,4 @@
-"""HTTP surface on HTTP_PORT: /health (seed-shaped JSON), /healthz, /readyz, /metrics — served off the Kafka thread."""
+"""HTTP surface on HTTP_PORT: /health, /healthz, /readyz, /metrics, /openapi.json, /detect — off the Kafka thread."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processor import SERVICE_NAME
+from processor.api import ROUTES, DetectApi
 from processor.metrics import Metrics
+from processor.openapi import openapi_document
 
 log = logging.getLogger(__name__)
+# After refusing a body unread, read (and drop) this much of it, so the client sees the reply instead of a reset.
+_DISCARD_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -81,16 +85,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200 if health.ready else 503, {"ready": health.ready, "status": health.status()})
         elif path == "/metrics":
             self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/openapi.json":
+            api = self.server.api
+            self._json(200, openapi_document(api.limits.max_batch if api else None))
+        elif path in _detect_routes(self.server):
+            self._json(405, _error("method_not_allowed", f"{path} takes POST"), {"Allow": "POST"})
         else:
-            self._json(404, {"error": {"code": "not_found", "message": f"no route {path}"}})
+            self._json(404, _error("not_found", f"no route {path}"))
 
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json")
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        api = self.server.api
+        if api is None or path not in _detect_routes(self.server):
+            self.close_connection = True  # the body is left unread
+            self._json(404, _error("not_found", f"no route POST {path}"))
+            return
+        reply = api.handle(path, self.headers, self.rfile)
+        self._json(reply.status, reply.body, reply.headers)
+        if reply.close:
+            self.close_connection = True
+            self._discard_body()
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _discard_body(self) -> None:
+        try:
+            self.connection.settimeout(1.0)
+            left = _DISCARD_BYTES
+            while left > 0 and (chunk := self.rfile.read1(min(left, 65536))):
+                left -= len(chunk)
+        except OSError:
+            pass  # the client gave up or stalled: closing is all that is left to do
+
+    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -98,15 +131,26 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http " + format, *args)
 
 
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _detect_routes(server: HttpServer) -> tuple[str, ...]:
+    return ROUTES if server.api is not None else ()
+
+
 class HttpServer(ThreadingHTTPServer):
     """stdlib threading server in a daemon thread: a slow scrape never blocks the Kafka loop."""
 
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of /detect clients would be refused or reset.
+    request_queue_size = 128
 
     def __init__(self, host: str, port: int, health: Health, metrics: Metrics) -> None:
         super().__init__((host, port), _Handler)
         self.health = health
         self.metrics = metrics
+        self.api: DetectApi | None = None  # the /detect routes; None (404) when DFP_HTTP_API=false
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
 
     @property

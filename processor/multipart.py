@@ -1,4 +1,4 @@
-"""`multipart/form-data` bodies → named parts, stdlib only (`cgi` is gone in 3.13; email's MIME parser is slow on MBs)."""
+"""`multipart/form-data` bodies → named parts, stdlib only (`cgi` is gone in 3.13; `email` is slow on big bodies)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ def _part(raw: bytes) -> Part:
         filename = headers.get_filename()
     except (ValueError, TypeError, IndexError) as exc:  # email raises these on malformed header syntax
         raise InvalidSchema(f"multipart part has malformed headers: {str(exc)[:200]}") from None
-    if not isinstance(name, str) or not name:
-        raise InvalidSchema("multipart part has no Content-Disposition name")
-    return Part(name=name, filename=filename if isinstance(filename, str) else None, data=content)
+    # A part without a name is an unknown field to every caller, and unknown fields are ignored (SPEC §4).
+    return Part(
+        name=name if isinstance(name, str) else "",
+        filename=filename if isinstance(filename, str) else None,
+        data=content,
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +17,8 @@ from pathlib import Path
 from signal import SIGTERM
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+import psutil
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from processor.broker import free_port
 
@@ -137,3 +141,137 @@ def read_topics(bootstrap: str, topics: list[str], partitions: int, expected: in
 
 def headers_of(msg: Message) -> dict[str, str]:
     return {k: v.decode("utf-8", errors="replace") for k, v in (msg.headers() or [])}
+
+
+# --- fault-injection helpers (tests/integration/test_reliability.py and friends) ------------------------------
+
+
+def image_event(event_id: str, image: bytes, **fields: Any) -> bytes:
+    """A SPEC §4 JSON envelope carrying `image` as base64."""
+    return json.dumps({"event_id": event_id, "image_b64": base64.b64encode(image).decode("ascii"), **fields}).encode()
+
+
+def produce_values(bootstrap: str, topic: str, values: list[bytes], *, partitions: int = 1,
+                   headers: list[list[tuple[str, bytes]] | None] | None = None) -> dict[int, int]:  # fmt: skip
+    """Produce values round-robin over `partitions` (in order within each); return end offsets per partition.
+
+    The end offsets come from the delivery reports (last offset + 1), so they are right even where the
+    broker's watermarks are not (Tansu).
+    """
+    ends: dict[int, int] = {}
+    errors: list[str] = []
+
+    def delivered(err: Any, msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), (msg.offset() or 0) + 1)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                         "message.max.bytes": 64 * 1024 * 1024})  # fmt: skip
+    for i, value in enumerate(values):
+        hdrs = headers[i] if headers is not None else None
+        while True:
+            try:
+                producer.produce(topic, value, key=f"k{i}".encode(), partition=i % partitions,
+                                 headers=hdrs, on_delivery=delivered)  # fmt: skip
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(60)
+    assert left == 0 and not errors, f"produce failed: {left} unsent, errors {errors[:3]}"
+    return ends
+
+
+def event_id_of(msg: Message) -> str:
+    """The `event_id` header of a result or dead letter ("" when absent)."""
+    return headers_of(msg).get("event_id", "")
+
+
+def read_until_ids(bootstrap: str, topics: list[str], partitions: int, ids: set[str], *, timeout_s: float = 60.0,
+                   settle_s: float = 0.0, config: dict[str, Any] | None = None) -> list[Message]:  # fmt: skip
+    """Read every partition of `topics` from offset 0 (no group) until every id in `ids` was seen, or the deadline.
+
+    `settle_s` keeps reading that long afterwards to catch duplicates; `config` adds consumer settings
+    (e.g. {"isolation.level": "read_uncommitted"}; librdkafka's default is read_committed).
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader-unused", "enable.auto.commit": False,
+                         "enable.partition.eof": False, **(config or {})})  # fmt: skip
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
+    got: list[Message] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    got.append(msg)
+                    seen.add(event_id_of(msg))
+            if settle_until is None and ids <= seen:
+                settle_until = time.monotonic() + settle_s
+    finally:
+        consumer.close()
+    return got
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 = none), read with Consumer.committed()."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def wait_for(condition: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    """Poll `condition()` until it returns something truthy (returned) or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def metric_samples(text: str, name: str) -> list[float]:
+    """Every sample value of metric `name` (any labels) in a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            out.append(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MiB."""
+    return float(psutil.Process(pid).memory_info().rss) / (1024 * 1024)
+
+
+class Sampler:
+    """Calls `probe()` every `interval_s` on a named thread until stopped; keeps every value (errors skipped)."""
+
+    def __init__(self, probe: Any, interval_s: float = 0.05, name: str = "sampler") -> None:
+        self.values: list[Any] = []
+        self._probe = probe
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # A probe racing a dying process or a busy HTTP server: skip that sample.
+            with contextlib.suppress(Exception):
+                self.values.append(self._probe())
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)

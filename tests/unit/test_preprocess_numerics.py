@@ -153,7 +153,9 @@ def test_face_box_wholly_outside_is_face_out_of_bounds(box: dict[str, int]) -> N
     assert info.value.code == "face_out_of_bounds"
 
 
-def test_large_jpeg_decodes_through_the_reduced_path_to_the_model_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def imdecode_flags(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the flags of every cv2.imdecode call the decoder makes."""
     flags: list[int] = []
     real_imdecode = cv2.imdecode
 
@@ -162,15 +164,40 @@ def test_large_jpeg_decodes_through_the_reduced_path_to_the_model_shape(monkeypa
         return real_imdecode(buf, flag)
 
     monkeypatch.setattr(decode_module.cv2, "imdecode", spy)
+    return flags
+
+
+def test_large_jpeg_decodes_through_the_reduced_path_to_the_model_shape(imdecode_flags: list[int]) -> None:
     bgr = np.zeros((1500, 2000, 3), np.uint8)
     bgr[..., 2] = 255  # red, to check the reduced path also converts BGR → RGB
     pre = _pre()  # 224×224 defaults
     assert pre.reduction_for(2000, 1500) == 4
     item = _item(encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]))
     _decoder(pre).decode(item)
-    assert flags == [cv2.IMREAD_REDUCED_COLOR_4]
+    assert imdecode_flags == [cv2.IMREAD_REDUCED_COLOR_4]
     assert item.crops is not None and item.crops.shape == (1, 3, 224, 224)
     assert item.crops[0, 0].mean() > 0.95 and item.crops[0, 1:].mean() < -0.95
+
+
+def test_face_boxes_on_a_reduced_jpeg_crop_the_right_regions(imdecode_flags: list[int]) -> None:
+    bgr = np.zeros((1600, 2000, 3), np.uint8)
+    bgr[:, :1000, 2] = 255  # left half red
+    bgr[:, 1000:, 0] = 255  # right half blue
+    doc = {
+        "event_id": "e-big-faces",
+        "image_b64": base64.b64encode(encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])).decode(),
+        "faces": [
+            {"x": 1200, "y": 400, "width": 600, "height": 600},
+            {"x": 100, "y": 900, "width": 700, "height": 600},
+        ],
+    }
+    item = _item(json.dumps(doc).encode())
+    _decoder(_pre()).decode(item)
+    assert imdecode_flags == [cv2.IMREAD_REDUCED_COLOR_2]  # the smallest face (600 px) still has ≥ 224 px at 1/2
+    assert item.crops is not None and item.crops.shape == (2, 3, 224, 224)
+    blue, red = item.crops[0], item.crops[1]
+    assert blue[2].mean() > 0.95 and blue[0].mean() < -0.95
+    assert red[0].mean() > 0.95 and red[2].mean() < -0.95
 
 
 def test_header_declaring_too_many_pixels_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,162 @@
+"""`deepfake-processor bench`: one machine, one run, every stage from decode alone to Kafka end to end.
+
+Stages (skip any with --skip): decode (DecodePool alone), model (Engine.infer per variant and batch size),
+pipeline (decode + batch + score in process), baseline (the naive one-message-at-a-time loop), e2e (the real
+processor subprocess draining a backlog on the embedded broker) and latency (paced load at 25/50/75 % of the
+e2e rate). Writes --json, a Markdown section between markers in --markdown, and a PNG into --plot-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from models.loader import resolve_model
+from processor import bench_inproc as inproc
+from processor.bench_report import machine_info, markdown, plot, ratios, targets, write_section
+from processor.bench_stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
+from processor.bench_workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
+from processor.settings import Settings, load_settings
+
+STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency")
+DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
+FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the full-size (ViT-B/16) targets
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark decode, model, pipeline, baseline, end to end and latency",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
+    p.add_argument("--arch", choices=("vit-tiny", "vit-b16"), default=None,
+                   help="build this architecture (plus int8) into ~/.cache/deepfake-processor/models")  # fmt: skip
+    p.add_argument("--variants", type=_csv, default=None, help="variants to bench, comma list (default: all)")
+    p.add_argument("--batch-sizes", type=_ints, default=_ints(DEFAULT_BATCH_SIZES), help="model-only batch sizes")
+    p.add_argument("--sizes", default="640x480,1280x720", help="image sizes WxH, cycled")
+    p.add_argument("--formats", type=_csv, default=["jpeg"], help="image formats kept: jpeg,png,webp")
+    p.add_argument("--decode-workers", type=int, default=None, help="DECODE_WORKERS (default: cores)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE (default 32)")
+    p.add_argument("--inference-threads", type=int, default=None, help="INFERENCE_THREADS (default 0 = cores)")
+    p.add_argument("--partitions", type=int, default=3, help="input topic partitions")
+    p.add_argument("--e2e-seconds", type=float, default=None, help="backlog sized for this long (default 20)")
+    p.add_argument("--e2e-events", type=int, default=0, help="backlog size (default: from --e2e-seconds)")
+    p.add_argument("--latency-seconds", type=float, default=None, help="per load level (default 10)")
+    p.add_argument("--baseline-seconds", type=float, default=None, help="baseline run time (default 10)")
+    p.add_argument("--quick", action="store_true", help="seconds instead of minutes (tests, CI)")
+    p.add_argument("--skip", type=_csv, default=[], help=f"stages to skip: {','.join(STAGES)}")
+    p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
+    p.add_argument("--markdown", default="docs/BENCHMARKS.md", help="Markdown file to update ('' = none)")
+    p.add_argument("--plot-dir", default="docs/img", help="where the PNG goes ('' = no plot)")
+    p.add_argument("--label", default=None, help="section/plot name (default: the model directory's name)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=run_bench)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in _csv(text)]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)  # as processor.app.run: parallelism comes from the decode pool
+    unknown = sorted(set(args.skip) - set(STAGES))
+    if unknown:
+        print(f"bench: unknown stage(s) in --skip: {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+        return 2
+    todo = [s for s in STAGES if s not in args.skip]
+    model_dir = prepare_model_dir(args.model_dir, args.arch, args.variants)
+    variants = inproc.model_variants(model_dir, args.variants)
+    settings = _settings(args, model_dir, variants[0] if args.variants else "auto")
+    result = _new_result(args, settings, model_dir, variants)
+    events = list(iter_events(64, parse_sizes(args.sizes), args.formats))
+    with progress(len(todo), args.no_progress) as bar:
+        settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
+        if {"baseline", "e2e", "latency"} & set(todo):
+            run_kafka(todo, settings, _durations(args), result, bar, args)
+    _finish(result, model_dir, settings, args)
+    return 0
+
+
+def _durations(args: argparse.Namespace) -> Durations:
+    base = QUICK if args.quick else Durations()
+    return replace(base, e2e_s=args.e2e_seconds or base.e2e_s, latency_s=args.latency_seconds or base.latency_s,
+                   baseline_s=args.baseline_seconds or base.baseline_s)  # fmt: skip
+
+
+def _settings(args: argparse.Namespace, model_dir: Path, variant: str) -> Settings:
+    overrides: dict[str, Any] = {"model_dir": model_dir, "model_variant": variant}
+    for name in ("decode_workers", "max_batch_size", "inference_threads"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return load_settings(overrides)
+
+
+def _new_result(args: argparse.Namespace, settings: Settings, model_dir: Path, variants: list[str]) -> dict[str, Any]:
+    label = args.label or (model_dir.resolve().name if model_dir.is_dir() else model_dir.stem)
+    keys = ("decode_only_images_per_s", "model_only_images_per_s", "pipeline_ceiling_images_per_s",
+            "e2e_images_per_s", "baseline_images_per_s", "latency", "peak_rss_mb", "gpu_memory_mb")  # fmt: skip
+    result: dict[str, Any] = dict.fromkeys(keys)
+    result["machine"] = machine_info(sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench"])
+    result["settings"] = {
+        "label": label, "model_dir": str(model_dir), "variants": variants, "served_variant": "auto",
+        "provider": "not loaded", "decode_workers": settings.decode_workers, "max_batch_size": settings.max_batch_size,
+        "max_batch_wait_ms": settings.max_batch_wait_ms, "inference_threads": settings.inference_threads,
+        "max_in_flight": settings.max_in_flight, "batch_sizes": args.batch_sizes, "sizes": args.sizes,
+        "formats": ",".join(args.formats), "mix": MIX_DESCRIPTION, "partitions": args.partitions,
+        "quick": args.quick, "skip": list(args.skip), "e2e_events": None,
+    }  # fmt: skip
+    result["extra"] = {}
+    return result
+
+
+def _finish(result: dict[str, Any], model_dir: Path, settings: Settings, args: argparse.Namespace) -> None:
+    model = resolve_model(model_dir, settings.model_variant.value)
+    size = sum(p.stat().st_size for p in model.onnx_path.parent.glob(model.onnx_path.name + "*"))
+    gpu = result["settings"]["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    result["ratios"] = ratios(result)
+    result["targets"] = targets(result, full_size=size >= FULL_SIZE_BYTES, gpu=gpu)
+    result["targets_met"] = {t["name"]: t["met"] for t in result["targets"]}
+    png = plot(result, Path(args.plot_dir) / f"bench-{result['settings']['label']}.png") if args.plot_dir else None
+    if args.markdown:
+        path = Path(args.markdown)
+        write_section(path, result["settings"]["label"], markdown(result, png, path))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    _print_summary(result, args, png)
+
+
+def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path | None) -> None:
+    keys = ("decode_only_images_per_s", "pipeline_ceiling_images_per_s", "e2e_images_per_s", "baseline_images_per_s",
+            "peak_rss_mb")  # fmt: skip
+    for key in keys:
+        print(f"{key:32} {result[key]}")
+    for name, value in result["ratios"].items():
+        print(f"{name:32} {value}")
+    for t in result["targets"]:
+        print(f"target {t['name']:40} {t['met'] if t['met'] is not None else t['note']}")
+    written = [str(p) for p in (args.json, args.markdown or None, png) if p]
+    print("wrote " + ", ".join(written) if written else "wrote nothing (no --json, --markdown '', --plot-dir '')")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m processor.bench …` (same as `deepfake-processor bench …`)."""
+    parser = argparse.ArgumentParser(prog="deepfake-processor")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

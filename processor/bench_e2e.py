@@ -1,0 +1,247 @@
+"""End-to-end bench stages: the real processor as a subprocess against the embedded broker.
+
+`e2e_images_per_s` runs from the first poll (min over results of processed_at − timings_ms.total) to the
+last output's Kafka timestamp; latency is output timestamp − input timestamp under a paced producer. The
+processor's RSS (and GPU memory when NVML sees a GPU) is sampled the whole time it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from processor.bench_inproc import StageRun
+from processor.bench_kafka import Output, OutputCollector
+from processor.settings import Settings
+
+MiB = 1024 * 1024
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Tansu joins a group in about half of session.timeout.ms (FACTS.md): keep the join to ~3 s.
+FAST_GROUP = {"DFP_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFP_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+
+
+def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, http_port: int) -> dict[str, str]:
+    """The subprocess's environment: the caller's, with the bench's settings on top (same as in process)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(FAST_GROUP)
+    env.update({
+        "DFP_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "DFP_INPUT_TOPIC": topics[0],
+        "DFP_OUTPUT_TOPIC": topics[1], "DFP_DLQ_TOPIC": topics[2], "DFP_GROUP_ID": group,
+        "DFP_HTTP_HOST": "127.0.0.1", "DFP_HTTP_PORT": str(http_port), "DFP_LOG_FORMAT": "json",
+        "DFP_MODEL_DIR": str(settings.model_dir), "DFP_MODEL_VARIANT": settings.model_variant.value,
+        "DFP_PROVIDERS": settings.providers.value, "DFP_DECODE_WORKERS": str(settings.decode_workers),
+        "DFP_MAX_BATCH_SIZE": str(settings.max_batch_size), "DFP_MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
+        "DFP_MAX_IN_FLIGHT": str(settings.max_in_flight), "DFP_INFERENCE_THREADS": str(settings.inference_threads),
+    })  # fmt: skip
+    return env
+
+
+@dataclass
+class ProcessorProcess:
+    """One `python -m processor run` child; always stopped by its own PID."""
+
+    env: dict[str, str]
+    log_path: Path
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run"], env=self.env, cwd=PROJECT_ROOT,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str, timeout_s: float = 2.0) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), ""
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"processor exited during start-up:\n{self.log_tail()}")
+            try:
+                if self.get("/readyz", 1.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"processor not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 40.0) -> int | None:
+        """SIGTERM (drain, commit, leave the group), then SIGKILL if it overstays; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class ResourceSampler:
+    """Samples a process's RSS (psutil) and GPU memory (NVML, when importable and a GPU answers)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        import psutil  # the [bench] extra
+
+        self._process = psutil.Process(pid)
+        self._interval_s = interval_s
+        self._nvml = _nvml()
+        self.peak_rss_mb = 0.0
+        self.peak_gpu_mb: float | None = 0.0 if self._nvml is not None else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def start(self) -> ResourceSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def cpu_seconds(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.peak_rss_mb = max(self.peak_rss_mb, self._process.memory_info().rss / MiB)
+            except Exception:  # the process ended between samples; the last peak stands
+                return
+            if self._nvml is not None and self.peak_gpu_mb is not None:
+                self.peak_gpu_mb = max(self.peak_gpu_mb, _gpu_mb(self._nvml, self._process.pid))
+
+
+def _nvml() -> Any:
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        return pynvml if pynvml.nvmlDeviceGetCount() > 0 else None
+    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
+        return None
+
+
+def _gpu_mb(nvml: Any, pid: int) -> float:
+    used = 0
+    for index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        used += sum(p.usedGpuMemory or 0 for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == pid)
+    return used / MiB
+
+
+def wait_for_outputs(collector: OutputCollector, prefix: str, expected: int, proc: ProcessorProcess,
+                     timeout_s: float, progress: Callable[[int], None] | None = None) -> list[Output]:  # fmt: skip
+    """Read outputs until `expected` events with ids starting `prefix` have one; fail if the processor dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        collector.pump(0.25)
+        got = collector.with_prefix(prefix)
+        if progress is not None:
+            progress(len(got))
+        if len(got) >= expected:
+            return got
+        if not proc.alive:
+            raise RuntimeError(f"processor exited with {len(got)}/{expected} outputs:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(got)}/{expected} outputs after {timeout_s:.0f} s:\n{proc.log_tail()}")
+
+
+def e2e_run(outputs: list[Output]) -> StageRun:
+    """First poll (earliest processed_at − total) to the last output's timestamp."""
+    starts = [o.first_poll_ms for o in outputs if o.first_poll_ms is not None]
+    if not starts:
+        raise RuntimeError("no scored results among the outputs: every event was dead-lettered")
+    seconds = (max(o.timestamp_ms for o in outputs) - min(starts)) / 1000.0
+    return StageRun(len(outputs), seconds)
+
+
+def timing_summary(outputs: list[Output]) -> dict[str, dict[str, float]]:
+    """Mean and p50/p95 of each timings_ms stage over the results."""
+    rows = [o.timings_ms for o in outputs if o.timings_ms]
+    stages = sorted({k for r in rows for k in r})
+    out: dict[str, dict[str, float]] = {}
+    for stage in stages:
+        values = np.array([r[stage] for r in rows if stage in r], dtype=np.float64)
+        out[stage] = {"mean": round(float(values.mean()), 3), "p50": round(float(np.percentile(values, 50)), 3),
+                      "p95": round(float(np.percentile(values, 95)), 3)}  # fmt: skip
+    return out
+
+
+def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    values = np.array(latencies_ms, dtype=np.float64)
+    return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)}
+
+
+def scrape_metrics(proc: ProcessorProcess) -> dict[str, float]:
+    """Mean per-stage latency (ms) and mean batch size from the processor's /metrics histograms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = proc.get("/metrics", 5.0)
+    if status != 200:
+        return {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                key = sample.name + ":" + sample.labels.get("stage", "")
+                sums[key] = sums.get(key, 0.0) + sample.value
+    out: dict[str, float] = {}
+    for key, total in sums.items():
+        name, stage = key.split(":")
+        count = sums.get(name.removesuffix("_sum") + "_count:" + stage, 0.0)
+        if name.endswith("_sum") and count:
+            scale = 1000.0 if "seconds" in name else 1.0
+            out[f"{stage}_mean_ms" if stage else name.removesuffix("_sum") + "_mean"] = round(total / count * scale, 3)
+    return out
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds a set of processes used over a wall-clock window, as average cores busy."""
+
+    probes: dict[str, Callable[[], float]]
+    started: float = field(default_factory=time.monotonic)
+    base: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base = {name: probe() for name, probe in self.probes.items()}
+
+    def cores(self, seconds: float | None = None) -> dict[str, float]:
+        """Average cores busy over `seconds` (default: since the window opened)."""
+        wall = max(1e-9, seconds or time.monotonic() - self.started)
+        return {name: round((probe() - self.base[name]) / wall, 2) for name, probe in self.probes.items()}

@@ -1,0 +1,260 @@
+"""Bench reporting: the machine description, ratios and targets, the Markdown section and the PNG plot.
+
+The Markdown section sits between `<!-- bench:<label>:begin -->` and `<!-- bench:<label>:end -->` markers so
+re-running the bench replaces its own tables and leaves the hand-written analysis around them alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GPU_COMMAND = "deepfake-processor bench --arch vit-b16 --variants fp16 --providers cuda  # on a GPU host"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names() -> list[str]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(pynvml.nvmlDeviceGetCount())]  # fmt: skip
+    except Exception:  # no nvidia-ml-py, no driver, or no device: all mean "no GPU" here
+        return []
+
+
+def library_versions() -> dict[str, str]:
+    import confluent_kafka
+    import cv2
+    import numpy
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "confluent-kafka": str(confluent_kafka.__version__),
+            "librdkafka": confluent_kafka.libversion()[0], "opencv": cv2.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def machine_info(argv: list[str]) -> dict[str, Any]:
+    """CPU, cores, memory, GPU, library versions and the command line, for the JSON and the Markdown."""
+    import psutil
+
+    gpus = gpu_names()
+    return {
+        "cpu_model": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "gpu": ", ".join(gpus) if gpus else "none",
+        "os": platform.platform(),
+        # Other work on the machine skews every figure: keep the load next to them.
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "versions": library_versions(),
+        "command_line": shlex.join(["deepfake-processor", *argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def model_only_best(model_only: dict[str, dict[str, float]] | None) -> tuple[str, str, float] | None:
+    """(variant, batch size, images/s) of the fastest model-only measurement."""
+    if not model_only:
+        return None
+    return max(((v, b, r) for v, rates in model_only.items() for b, r in rates.items()), key=lambda t: t[2])
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float | None]:
+    e2e = result.get("e2e_images_per_s")
+    best = model_only_best(result.get("model_only_images_per_s"))
+    return {"e2e/pipeline_ceiling": _div(e2e, result.get("pipeline_ceiling_images_per_s")),
+            "e2e/baseline": _div(e2e, result.get("baseline_images_per_s")),
+            "e2e/model_only_best": _div(e2e, best[2] if best else None)}  # fmt: skip
+
+
+def targets(result: dict[str, Any], *, full_size: bool, gpu: bool) -> list[dict[str, Any]]:
+    """The issue's targets for this model and device; `met` is None when a stage was skipped or elsewhere."""
+    r = result["ratios"]
+    rows = [("cpu", "e2e_ge_0.8x_pipeline_ceiling", "e2e/pipeline_ceiling", 0.8)]
+    if full_size:
+        rows += [("cpu", "e2e_ge_0.9x_model_only_best", "e2e/model_only_best", 0.9),
+                 ("cpu", "e2e_ge_1.1x_baseline", "e2e/baseline", 1.1)]  # fmt: skip
+    else:
+        rows.append(("cpu", "e2e_ge_2x_baseline", "e2e/baseline", 2.0))
+    rows.append(("gpu", "gpu_e2e_ge_0.8x_pipeline_ceiling", "e2e/pipeline_ceiling", 0.8))
+    out = []
+    for device, name, ratio, threshold in rows:
+        here = (device == "gpu") == gpu
+        value = r.get(ratio) if here else None
+        met = None if value is None else value >= threshold
+        note = ""
+        if not here:
+            note = f"not measured: {GPU_COMMAND}" if device == "gpu" else "not measured (this run is on a GPU)"
+        elif value is None:
+            note = "not measured (a stage was skipped)"
+        out.append({"name": name, "device": device, "ratio": ratio, "threshold": threshold, "value": value,
+                    "met": met, "note": note})  # fmt: skip
+    return out
+
+
+def write_section(path: Path, label: str, block: str) -> None:
+    """Replace (or append) the text between this label's markers, keeping everything else in the file."""
+    begin, end = f"<!-- bench:{label}:begin -->", f"<!-- bench:{label}:end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    section = f"{begin}\n{block.rstrip()}\n{end}"
+    i, j = text.find(begin), text.find(end)
+    found = i >= 0 and j > i
+    text = text[:i] + section + text[j + len(end) :] if found else text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(result: dict[str, Any], plot: Path | None, markdown_path: Path) -> str:
+    """The bench's own section: machine, command, settings, headline, model-only, latency, targets, plot."""
+    m, s = result["machine"], result["settings"]
+    v = m["versions"]
+    lines = [
+        f"### {s['label']} — {s['served_variant']} on {s['provider']} ({m['date']})", "",
+        f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu']}; {m['os']}; "
+        f"load average {m['load_average_1m']} at start, {m.get('load_average_1m_end', '?')} at end",
+        f"- Versions: onnxruntime {v['onnxruntime']}, confluent-kafka {v['confluent-kafka']}, "
+        f"librdkafka {v['librdkafka']}, opencv {v['opencv']}, numpy {v['numpy']}, python {v['python']}",
+        f"- Command: `{m['command_line']}`",
+        f"- Settings: DECODE_WORKERS={s['decode_workers']}, MAX_BATCH_SIZE={s['max_batch_size']}, "
+        f"MAX_BATCH_WAIT_MS={s['max_batch_wait_ms']}, INFERENCE_THREADS={s['inference_threads']} (0 = cores), "
+        f"MAX_IN_FLIGHT={s['max_in_flight']}, partitions={s['partitions']}, e2e events={s.get('e2e_events')}",
+        f"- Images: {s['sizes']} ({s['formats']}); {s['mix']}", "",
+        *_headline(result), "", *_model_table(result), "", *_latency_table(result), "", *_targets_table(result),
+    ]  # fmt: skip
+    if plot is not None:
+        lines += ["", f"![{s['label']} bench]({os.path.relpath(plot, markdown_path.parent)})"]
+    return "\n".join(lines)
+
+
+def _headline(result: dict[str, Any]) -> list[str]:
+    x = result.get("extra", {})
+    best = model_only_best(result.get("model_only_images_per_s"))
+    best_note = f"{best[0]} at batch {best[1]}" if best else ""
+    rows = [
+        ("decode only", result.get("decode_only_images_per_s"), f"{result['settings']['decode_workers']} workers"),
+        ("model only (best)", best[2] if best else None, best_note),
+        ("pipeline ceiling (in process)", result.get("pipeline_ceiling_images_per_s"),
+         f"mean batch {_fmt(x.get('pipeline_mean_batch_size'))}"),
+        ("**end to end (Kafka)**", result.get("e2e_images_per_s"), _e2e_note(x)),
+        ("baseline (naive, one at a time)", result.get("baseline_images_per_s"), ""),
+    ]  # fmt: skip
+    out = ["| stage | images/s | note |", "|---|---:|---|"]
+    out += [f"| {name} | {_fmt(value)} | {note} |" for name, value, note in rows]
+    gpu = result.get("gpu_memory_mb")
+    out.append(f"| peak RSS of the processor | {_fmt(result.get('peak_rss_mb'), 0)} MB | GPU memory: "
+               f"{'null (no GPU)' if gpu is None else _fmt(gpu, 0) + ' MB'} |")  # fmt: skip
+    return out
+
+
+def _e2e_note(extra: dict[str, Any]) -> str:
+    cpu = extra.get("e2e_cpu_cores") or {}
+    stages = extra.get("processor_metrics") or {}
+    parts = [f"{k} {v} cores" for k, v in cpu.items()]
+    if stages.get("deepfake_batch_size_mean"):
+        parts.append(f"mean batch {stages['deepfake_batch_size_mean']:.1f}")
+    return "CPU: " + ", ".join(parts) if parts else ""
+
+
+def _model_table(result: dict[str, Any]) -> list[str]:
+    model = result.get("model_only_images_per_s")
+    if not model:
+        return ["Model only: not measured."]
+    sizes = sorted({int(b) for rates in model.values() for b in rates})
+    ms = result.get("extra", {}).get("model_only_ms_per_batch", {})
+    out = ["Model only, images/s (ms per batch):", "", "| variant | " + " | ".join(f"b={b}" for b in sizes) + " |",
+           "|---|" + "---:|" * len(sizes)]  # fmt: skip
+    for variant, rates in model.items():
+        cells = [f"{_fmt(rates.get(str(b)))} ({_fmt(ms.get(variant, {}).get(str(b)))})" for b in sizes]
+        out.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _latency_table(result: dict[str, Any]) -> list[str]:
+    latency = result.get("latency")
+    if not latency:
+        return ["Latency: not measured."]
+    out = ["End-to-end latency (output timestamp − input timestamp, ms), paced producer:", "",
+           "| load | offered events/s | sent events/s | p50 | p95 | p99 | in processor p50 | events |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    keys = ("offered_per_s", "sent_per_s", "p50_ms", "p95_ms", "p99_ms", "processor_total_p50_ms")
+    for load, row in latency.items():
+        cells = [_fmt(row.get(k)) for k in keys]
+        out.append(f"| {load} % of e2e max | " + " | ".join(cells) + f" | {row['events']} |")
+    return out
+
+
+def _targets_table(result: dict[str, Any]) -> list[str]:
+    out = ["| target | ratio | value | met |", "|---|---|---:|---|"]
+    for t in result["targets"]:
+        met = {True: "yes", False: "**no**", None: t["note"]}[t["met"]]
+        out.append(f"| {t['device'].upper()}: {t['ratio'].replace('/', ' / ')} ≥ {t['threshold']} | "
+                   f"{t['ratio']} | {_fmt(t['value'], 2)} | {met} |")  # fmt: skip
+    return out
+
+
+_LINES = (("decode_only_images_per_s", "decode only", ":"), ("pipeline_ceiling_images_per_s", "pipeline ceiling", "--"),
+          ("e2e_images_per_s", "end to end", "-"), ("baseline_images_per_s", "baseline", "-."))  # fmt: skip
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Throughput vs batch size (left) and latency percentiles vs throughput (right), as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for variant, rates in (result.get("model_only_images_per_s") or {}).items():
+        sizes = sorted(int(b) for b in rates)
+        left.plot(sizes, [rates[str(b)] for b in sizes], marker="o", label=f"model only ({variant})")
+    for key, name, style in _LINES:
+        if result.get(key):
+            left.axhline(result[key], linestyle=style, color="grey" if key == "baseline_images_per_s" else None,
+                         label=f"{name} ({result[key]:.0f})")  # fmt: skip
+    left.set(xscale="log", xlabel="batch size", ylabel="images/s", title="Throughput vs batch size")
+    left.set_xticks([1, 2, 4, 8, 16, 32, 64], labels=["1", "2", "4", "8", "16", "32", "64"])
+    left.legend(fontsize=7)
+    _latency_plot(right, result.get("latency") or {})
+    fig.suptitle(f"{result['settings']['label']} — {result['machine']['cpu_model']}, {result['machine']['cores']} "
+                 f"cores, GPU {result['machine']['gpu']}", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latency_plot(ax: Any, latency: dict[str, Any]) -> None:
+    ax.set(xlabel="throughput (events/s sent)", ylabel="latency (ms)", title="End-to-end latency vs throughput")
+    if not latency:
+        ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+        return
+    rows = sorted(latency.values(), key=lambda r: r["sent_per_s"])
+    for q in ("p50_ms", "p95_ms", "p99_ms"):
+        ax.plot([r["sent_per_s"] for r in rows], [r[q] for r in rows], marker="o", label=q.removesuffix("_ms"))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)

@@ -1,0 +1,36 @@
+"""`deepfake-processor demo` (SPEC §2): embedded broker + processor + sample producer, prints outputs, exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_prints_results_and_dead_letters_and_exits_zero() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFP_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "processor", "demo", "--count", "20", "--http-port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr[-3000:]}"
+    results = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    dead = [line for line in out.splitlines() if line.startswith("DLQ ")]
+    assert len(results) + len(dead) >= 20, out
+    assert results and dead, out  # the sample stream mixes in a bad event every 7th
+    assert all(re.search(r"fake_score=\d\.\d{4}", line) for line in results)
+    assert all("code=" in line for line in dead)
+    # --http-port 0 picks a free port: the printed URLs carry a real one.
+    port = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", out)
+    assert port is not None and int(port.group(1)) > 0, out
+    assert "processor exited with 0" in out

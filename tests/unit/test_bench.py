@@ -1,0 +1,97 @@
+"""`deepfake-processor bench`: the result JSON keeps its fixed keys and the Markdown section only replaces itself.
+
+Smoke runs only (`--quick`): no wall-clock figure is asserted beyond "measured and positive".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processor.bench_report import ratios, targets, write_section
+from processor.cli import main
+
+FIXED_KEYS = (
+    "decode_only_images_per_s",
+    "model_only_images_per_s",
+    "pipeline_ceiling_images_per_s",
+    "e2e_images_per_s",
+    "baseline_images_per_s",
+    "latency",
+    "peak_rss_mb",
+    "gpu_memory_mb",
+    "machine",
+    "settings",
+    "ratios",
+    "targets_met",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_dfp_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("DFP_"):
+            monkeypatch.delenv(name)
+
+
+def _bench(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    out, md = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nAnalysis written by hand.\n\n<!-- bench:vit-tiny:begin -->\nold\n"
+                  "<!-- bench:vit-tiny:end -->\n\nMore analysis.\n")  # fmt: skip
+    code = main(["bench", "--quick", "--no-progress", "--json", str(out), "--markdown", str(md),
+                 "--plot-dir", str(tmp_path / "img"), *extra])  # fmt: skip
+    assert code == 0
+    return json.loads(out.read_text()), md.read_text()
+
+
+def test_quick_bench_without_kafka_writes_fixed_keys_and_markdown_table(tmp_path: Path) -> None:
+    result, md = _bench(tmp_path, "--skip", "pipeline,baseline,e2e,latency", "--batch-sizes", "1,4")
+    assert all(key in result for key in FIXED_KEYS)
+    assert result["decode_only_images_per_s"] > 0
+    rates = result["model_only_images_per_s"]["fp32"]
+    assert set(rates) == {"1", "4"} and all(r > 0 for r in rates.values())
+    assert result["e2e_images_per_s"] is None and result["latency"] is None
+    assert result["machine"]["gpu"] and result["machine"]["versions"]["onnxruntime"]
+    assert result["targets_met"]["e2e_ge_0.8x_pipeline_ceiling"] is None
+    assert "| decode only |" in md and "b=4" in md and "old" not in md
+    assert md.startswith("# Benchmarks\n\nAnalysis written by hand.") and md.rstrip().endswith("More analysis.")
+    assert (tmp_path / "img" / "bench-vit-tiny.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_bench_through_the_embedded_broker_measures_every_stage(tmp_path: Path) -> None:
+    result, md = _bench(tmp_path, "--batch-sizes", "1,8", "--partitions", "1")
+    for key in ("decode_only_images_per_s", "pipeline_ceiling_images_per_s", "e2e_images_per_s",
+                "baseline_images_per_s", "peak_rss_mb"):  # fmt: skip
+        assert result[key] > 0, key
+    assert set(result["latency"]) == {"25", "50", "75"}
+    for row in result["latency"].values():
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    assert all(value is not None and value > 0 for value in result["ratios"].values())
+    assert isinstance(result["targets_met"]["e2e_ge_2x_baseline"], bool)
+    assert "end to end (Kafka)" in md and "p99" in md
+
+
+def test_ratios_and_targets_follow_the_measured_rates() -> None:
+    result: dict[str, Any] = {"e2e_images_per_s": 90.0, "pipeline_ceiling_images_per_s": 100.0,
+                              "baseline_images_per_s": 30.0, "model_only_images_per_s": {"int8": {"8": 95.0}}}  # fmt: skip
+    result["ratios"] = ratios(result)
+    assert result["ratios"] == {"e2e/pipeline_ceiling": 0.9, "e2e/baseline": 3.0, "e2e/model_only_best": 0.947}
+    met = {t["name"]: t["met"] for t in targets(result, full_size=True, gpu=False)}
+    assert met == {"e2e_ge_0.8x_pipeline_ceiling": True, "e2e_ge_0.9x_model_only_best": True,
+                   "e2e_ge_1.1x_baseline": True, "gpu_e2e_ge_0.8x_pipeline_ceiling": None}  # fmt: skip
+
+
+def test_markdown_section_is_appended_once_then_replaced_in_place(tmp_path: Path) -> None:
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nintro\n")
+    write_section(md, "vit-b16", "first")
+    write_section(md, "vit-tiny", "tiny")
+    write_section(md, "vit-b16", "second")
+    text = md.read_text()
+    assert text.count("bench:vit-b16:begin") == 1 and "second" in text and "first" not in text
+    assert text.index("intro") < text.index("second") < text.index("tiny")
