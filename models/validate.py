@@ -166,11 +166,12 @@ def synthetic_images(count: int, preprocess: PreprocessConfig, seed: int) -> np.
 
 
 def open_session(path: Path, threads: int = 0) -> Any:
-    """A CPU session configured as the engine configures its own (full graph optimisation)."""
+    """A CPU session configured as the engine configures its own (full graph optimisation, no spinning)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine: no idle spinning
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -241,6 +241,10 @@ class CpuWindow:
     def __post_init__(self) -> None:
         self.base = {name: probe() for name, probe in self.probes.items()}
 
+    def used(self) -> dict[str, float]:
+        """CPU seconds each process used since the window opened."""
+        return {name: probe() - self.base[name] for name, probe in self.probes.items()}
+
     def cores(self, seconds: float | None = None) -> dict[str, float]:
         """Average cores busy over `seconds` (default: since the window opened)."""
         wall = max(1e-9, seconds or time.monotonic() - self.started)

@@ -39,10 +39,16 @@ class StageRun:
     seconds: float
     extra: dict[str, float] | None = None
     provider: str = ""
+    cpu_s: float = 0.0  # CPU time the process spent meanwhile (all threads), whatever else the machine ran
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        """Core-milliseconds per image: unlike images/s, barely moved by other load on a shared machine."""
+        return self.cpu_s * 1000.0 / self.images if self.images else 0.0
 
 
 class _Completion:
@@ -75,7 +81,7 @@ class _Completion:
 def _drive(submit: Callable[[InFlight], None], events: Sequence[SampleEvent], seconds: float,
            completion: _Completion) -> StageRun:  # fmt: skip
     """Submit events (cycled) for `seconds`, never more outstanding than the semaphore allows; wait for all."""
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     submitted = 0
     while time.monotonic() - started < seconds:
         completion.slots.acquire()
@@ -84,7 +90,7 @@ def _drive(submit: Callable[[InFlight], None], events: Sequence[SampleEvent], se
     completion.expect(submitted)
     if not completion.all_done.wait(DRAIN_TIMEOUT_S):
         raise RuntimeError(f"in-process stage finished only {completion.done} of {submitted} images")
-    return StageRun(completion.done, completion.last - started)
+    return StageRun(completion.done, completion.last - started, cpu_s=time.process_time() - cpu)
 
 
 def limits_of(settings: Settings) -> DecodeLimits:
@@ -124,8 +130,8 @@ def model_variants(model_dir: Path, wanted: Sequence[str] | None) -> list[str]:
 
 
 def model_only(settings: Settings, variant: str, batch_sizes: Sequence[int],
-               seconds: float) -> tuple[dict[int, float], str]:  # fmt: skip
-    """Median milliseconds per Engine.infer call per batch size, on random preprocessed tensors; and the provider."""
+               seconds: float) -> tuple[dict[int, tuple[float, float]], str]:  # fmt: skip
+    """Per batch size (median wall ms, mean CPU ms) per Engine.infer call on random tensors; and the provider."""
     model = resolve_model(settings.model_dir, variant)
     engine = Engine(model, settings.providers, require_gpu=False, threads=settings.inference_threads)
     shape = Preprocessor(model.preprocess).shape
@@ -134,15 +140,16 @@ def model_only(settings: Settings, variant: str, batch_sizes: Sequence[int],
     return timed, engine.provider
 
 
-def _time_infer(engine: Engine, batch: np.ndarray, seconds: float) -> float:
+def _time_infer(engine: Engine, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(median wall ms per call, mean CPU ms per call)."""
     engine.infer(batch)  # first call per shape pays allocation and kernel selection
     times: list[float] = []
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     while len(times) < 3 or time.monotonic() - started < seconds:
         t0 = time.perf_counter()
         engine.infer(batch)
         times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+    return statistics.median(times), (time.process_time() - cpu) * 1000.0 / len(times)
 
 
 def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: float) -> StageRun:
@@ -151,7 +158,8 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
     pre = Preprocessor(engine.model.preprocess)
     engine.warm_up(pre.shape, tuple(sorted({1, settings.max_batch_size})))
     batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000.0, pre.shape)
-    completion = _Completion(settings.max_in_flight)
+    # A few batches of look-ahead keep the batcher full; MAX_IN_FLIGHT (1024) would only add a drain tail.
+    completion = _Completion(min(settings.max_in_flight, 4 * settings.max_batch_size + 2 * settings.decode_workers))
 
     def finish(item: InFlight) -> None:  # what Processor._finish does, minus the metrics
         if item.error is not None:
@@ -173,4 +181,5 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
         raise RuntimeError(f"scorer failed: {scorer.fatal}")
     total = metrics.registry.get_sample_value("deepfake_batch_size_sum") or 0.0
     batches = metrics.registry.get_sample_value("deepfake_batch_size_count") or 0.0
-    return StageRun(run.images, run.seconds, {"mean_batch_size": total / batches if batches else 0.0}, engine.provider)
+    mean_batch = total / batches if batches else 0.0
+    return StageRun(run.images, run.seconds, {"mean_batch_size": mean_batch}, engine.provider, run.cpu_s)

@@ -131,7 +131,7 @@ class NaiveBaseline:
         """Process up to `max_events` or for `seconds` (timed from the first message) and return the rate."""
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         started: float | None = None
-        finished = 0.0
+        finished, cpu = 0.0, time.process_time()
         done, wait_until = 0, time.monotonic() + FIRST_MESSAGE_TIMEOUT_S
         try:
             while done < max_events and time.monotonic() < wait_until:
@@ -147,7 +147,7 @@ class NaiveBaseline:
             self.producer.flush(10)
         if started is None:
             raise RuntimeError(f"baseline: no message arrived on {topic} in {FIRST_MESSAGE_TIMEOUT_S:.0f} s")
-        return StageRun(done, finished - started)
+        return StageRun(done, finished - started, cpu_s=time.process_time() - cpu)
 
     def _handle(self, msg: Message) -> None:
         ts_type, ts = msg.timestamp()

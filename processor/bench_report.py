@@ -152,20 +152,24 @@ def markdown(result: dict[str, Any], plot: Path | None, markdown_path: Path) -> 
 
 def _headline(result: dict[str, Any]) -> list[str]:
     x = result.get("extra", {})
+    cpu, cores = x.get("cpu_ms_per_image", {}), x.get("cores_used", {})
     best = model_only_best(result.get("model_only_images_per_s"))
-    best_note = f"{best[0]} at batch {best[1]}" if best else ""
+    best_cpu = x.get("model_only_cpu_ms_per_image", {}).get(best[0], {}).get(best[1]) if best else None
     rows = [
-        ("decode only", result.get("decode_only_images_per_s"), f"{result['settings']['decode_workers']} workers"),
-        ("model only (best)", best[2] if best else None, best_note),
-        ("pipeline ceiling (in process)", result.get("pipeline_ceiling_images_per_s"),
+        ("decode only", "decode_only", f"{result['settings']['decode_workers']} workers"),
+        ("model only (best)", "model_only", f"{best[0]} at batch {best[1]}" if best else ""),
+        ("pipeline ceiling (in process)", "pipeline_ceiling",
          f"mean batch {_fmt(x.get('pipeline_mean_batch_size'))}"),
-        ("**end to end (Kafka)**", result.get("e2e_images_per_s"), _e2e_note(x)),
-        ("baseline (naive, one at a time)", result.get("baseline_images_per_s"), ""),
+        ("**end to end (Kafka)**", "e2e", _e2e_note(x)),
+        ("baseline (naive, one at a time)", "baseline", ""),
     ]  # fmt: skip
-    out = ["| stage | images/s | note |", "|---|---:|---|"]
-    out += [f"| {name} | {_fmt(value)} | {note} |" for name, value, note in rows]
+    out = ["| stage | images/s | CPU ms per image | cores busy | note |", "|---|---:|---:|---:|---|"]
+    for name, stage, note in rows:
+        value = best[2] if stage == "model_only" and best else result.get(f"{stage}_images_per_s")
+        per_image = best_cpu if stage == "model_only" else cpu.get(stage)
+        out.append(f"| {name} | {_fmt(value)} | {_fmt(per_image)} | {_fmt(cores.get(stage), 2)} | {note} |")
     gpu = result.get("gpu_memory_mb")
-    out.append(f"| peak RSS of the processor | {_fmt(result.get('peak_rss_mb'), 0)} MB | GPU memory: "
+    out.append(f"| peak RSS of the processor | {_fmt(result.get('peak_rss_mb'), 0)} MB | | | GPU memory: "
                f"{'null (no GPU)' if gpu is None else _fmt(gpu, 0) + ' MB'} |")  # fmt: skip
     return out
 
@@ -173,10 +177,10 @@ def _headline(result: dict[str, Any]) -> list[str]:
 def _e2e_note(extra: dict[str, Any]) -> str:
     cpu = extra.get("e2e_cpu_cores") or {}
     stages = extra.get("processor_metrics") or {}
-    parts = [f"{k} {v} cores" for k, v in cpu.items()]
+    parts = [f"{k} {v} cores" for k, v in cpu.items() if k != "processor"]
     if stages.get("deepfake_batch_size_mean"):
         parts.append(f"mean batch {stages['deepfake_batch_size_mean']:.1f}")
-    return "CPU: " + ", ".join(parts) if parts else ""
+    return ", ".join(parts)
 
 
 def _model_table(result: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,31 +63,41 @@ def run_inprocess(todo: list[str], settings: Settings, variants: list[str], even
     """decode, model, pipeline; returns the settings with the variant the processor will serve."""
     if "decode" in todo:
         bar.set_description("decode only")
-        result["decode_only_images_per_s"] = round(inproc.decode_only(settings, events, d.decode_s).images_per_s, 2)
-        bar.write(f"decode only: {result['decode_only_images_per_s']} images/s")
-        bar.update(1)
+        record(result, "decode_only", inproc.decode_only(settings, events, d.decode_s), bar)
     if "model" in todo:
         _stage_model(settings, variants, d, result, bar, args.batch_sizes)
     settings = _served(settings, result, args)
     if "pipeline" in todo:
         bar.set_description("pipeline ceiling")
         run = inproc.pipeline_ceiling(settings, events, d.pipeline_s)
-        result["pipeline_ceiling_images_per_s"] = round(run.images_per_s, 2)
         result["extra"]["pipeline_mean_batch_size"] = round((run.extra or {}).get("mean_batch_size", 0.0), 2)
         result["settings"]["provider"] = run.provider
-        bar.write(f"pipeline ceiling: {result['pipeline_ceiling_images_per_s']} images/s")
-        bar.update(1)
+        record(result, "pipeline_ceiling", run, bar)
     return settings
+
+
+def record(result: dict[str, Any], stage: str, run: inproc.StageRun, bar: Any) -> None:
+    """Store a stage's images/s, and its CPU cost per image and cores used (stable on a shared machine)."""
+    result[f"{stage}_images_per_s"] = round(run.images_per_s, 2)
+    x = result["extra"]
+    x.setdefault("cpu_ms_per_image", {})[stage] = round(run.cpu_ms_per_image, 2)
+    x.setdefault("cores_used", {})[stage] = round(run.cpu_s / run.seconds, 2) if run.seconds else None
+    bar.write(f"{stage.replace('_', ' ')}: {result[f'{stage}_images_per_s']} images/s ({run.images} images in "
+              f"{run.seconds:.1f} s, {run.cpu_ms_per_image:.1f} CPU ms per image)")  # fmt: skip
+    bar.update(1)
 
 
 def _stage_model(settings: Settings, variants: list[str], d: Durations, result: dict[str, Any], bar: Any,
                  batch_sizes: list[int]) -> None:  # fmt: skip
     ms: dict[str, dict[str, float]] = {}
+    cpu: dict[str, dict[str, float]] = {}
     for variant in variants:
         bar.set_description(f"model only ({variant})")
         timed, result["settings"]["provider"] = inproc.model_only(settings, variant, batch_sizes, d.model_s)
-        ms[variant] = {str(b): round(t, 3) for b, t in timed.items()}
+        ms[variant] = {str(b): round(wall, 3) for b, (wall, _) in timed.items()}
+        cpu[variant] = {str(b): round(cpu_ms / b, 3) for b, (_, cpu_ms) in timed.items()}
     result["extra"]["model_only_ms_per_batch"] = ms
+    result["extra"]["model_only_cpu_ms_per_image"] = cpu
     rates = {v: {b: round(int(b) * 1000.0 / t, 2) for b, t in r.items()} for v, r in ms.items()}
     result["model_only_images_per_s"] = rates
     variant, batch, rate = model_only_best(rates) or ("", "", 0.0)
@@ -129,9 +139,7 @@ def run_kafka(todo: list[str], settings: Settings, d: Durations, result: dict[st
         if "baseline" in todo:
             bar.set_description("baseline")
             run = NaiveBaseline(s, t["base-out"], t["base-dlq"]).run(t["backlog"], args.partitions, n, d.baseline_s)
-            result["baseline_images_per_s"] = round(run.images_per_s, 2)
-            bar.write(f"baseline: {result['baseline_images_per_s']} images/s ({run.images} events)")
-            bar.update(1)
+            record(result, "baseline", run, bar)
         if {"e2e", "latency"} & set(todo):
             _run_processor(todo, s, t, n, d, result, bar, args, workdir, broker.pid)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -188,14 +196,12 @@ def _stage_e2e(proc: ProcessorProcess, collector: OutputCollector, sampler: Reso
     with progress(n, bar.disable, desc="e2e outputs", unit="ev", leave=False) as inner:
         timeout = max(180.0, 10.0 * n / _estimate(result))
         outputs = wait_for_outputs(collector, "e2e-", n, proc, timeout, lambda k: inner.update(k - inner.n))
-    run = e2e_run(outputs)
-    result["e2e_images_per_s"] = round(run.images_per_s, 2)
-    x = result["extra"]
-    x.update(e2e_seconds=round(run.seconds, 2), e2e_cpu_cores=cpu.cores(run.seconds),
-             result_timings_ms=timing_summary(outputs), processor_metrics=scrape_metrics(proc),
-             e2e_dead_letters=sum(o.dead_letter for o in outputs))  # fmt: skip
-    bar.write(f"end to end: {result['e2e_images_per_s']} images/s ({n} events in {run.seconds:.1f} s)")
-    bar.update(1)
+    used = cpu.used()
+    run = replace(e2e_run(outputs), cpu_s=used["processor"])
+    result["extra"].update(e2e_seconds=round(run.seconds, 2), e2e_cpu_cores=cpu.cores(run.seconds),
+                           result_timings_ms=timing_summary(outputs), processor_metrics=scrape_metrics(proc),
+                           e2e_dead_letters=sum(o.dead_letter for o in outputs))  # fmt: skip
+    record(result, "e2e", run, bar)
 
 
 def _stage_latency(proc: ProcessorProcess, collector: OutputCollector, bootstrap: str, topic: str, d: Durations,

@@ -85,7 +85,6 @@ class GpuMonitor:
         """Read memory and utilisation once into the gauges and `health.memory`."""
         try:
             memory = self.nvml.nvmlDeviceGetMemoryInfo(self.handle)
-            utilization = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
         except Exception as exc:  # NVMLError (GPU lost, driver reset): keep the last values, say so once
             if not self._failing:
                 log.warning("GPU metrics read failed", extra={"error": str(exc)[:200]})
@@ -95,13 +94,22 @@ class GpuMonitor:
         used, total = int(memory.used), int(memory.total)
         self.metrics.gpu_memory_used.set(used)
         self.metrics.gpu_memory_total.set(total)
-        self.metrics.gpu_utilization.set(float(utilization.gpu) / 100.0)
+        utilization = self._utilization()
+        if utilization is not None:
+            self.metrics.gpu_utilization.set(utilization)
         # One assignment: readers on HTTP threads see the old dict or the new one, never a mix.
         self.health.memory = {
             "gpu_memory_percent": round(100.0 * used / total, 1) if total else None,
             "used_mb": round(used / MiB, 1),
             "total_mb": round(total / MiB, 1),
         }
+
+    def _utilization(self) -> float | None:
+        try:
+            return float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu) / 100.0
+        except Exception as exc:  # NVMLError_NotSupported on MIG slices: memory still counts, utilisation cannot
+            log.debug("GPU utilisation unavailable", extra={"error": str(exc)[:200]})
+            return None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

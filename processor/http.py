@@ -97,19 +97,32 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         api = self.server.api
         if api is None or path not in _detect_routes(self.server):
-            self.close_connection = True  # the body is left unread
-            self._json(404, _error("not_found", f"no route POST {path}"))
+            self._refuse_unread(404, _error("not_found", f"no route POST {path}"))
             return
         reply = api.handle(path, self.headers, self.rfile)
-        self._json(reply.status, reply.body, reply.headers)
         if reply.close:
-            self.close_connection = True
-            self._discard_body()
+            self._refuse_unread(reply.status, reply.body, reply.headers)
+        else:
+            self._json(reply.status, reply.body, reply.headers)
+
+    def _not_allowed(self) -> None:
+        """Other methods get a JSON 405, not the stdlib's HTML 501 (a 5xx that a client's mistake must not cause)."""
+        allow = "POST" if self.path.split("?", 1)[0] in _detect_routes(self.server) else "GET"
+        self._refuse_unread(405, _error("method_not_allowed", f"{self.command} is not served"), {"Allow": allow})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
+
+    def _refuse_unread(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.close_connection = True
+        self._json(status, body, headers)
+        self._discard_body()
 
     def _discard_body(self) -> None:
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        declared = self.headers.get("Content-Length") or "0"
+        left = _DISCARD_BYTES if chunked else min(_DISCARD_BYTES, int(declared) if declared.isdigit() else 0)
         try:
             self.connection.settimeout(1.0)
-            left = _DISCARD_BYTES
             while left > 0 and (chunk := self.rfile.read1(min(left, 65536))):
                 left -= len(chunk)
         except OSError:
@@ -125,7 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http " + format, *args)

@@ -165,7 +165,8 @@ def produce_values(bootstrap: str, topic: str, values: list[bytes], *, partition
         if err is not None:
             errors.append(str(err))
         else:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), (msg.offset() or 0) + 1)
+            partition = msg.partition() or 0
+            ends[partition] = max(ends.get(partition, 0), (msg.offset() or 0) + 1)
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                          "message.max.bytes": 64 * 1024 * 1024})  # fmt: skip
@@ -174,7 +175,7 @@ def produce_values(bootstrap: str, topic: str, values: list[bytes], *, partition
         while True:
             try:
                 producer.produce(topic, value, key=f"k{i}".encode(), partition=i % partitions,
-                                 headers=hdrs, on_delivery=delivered)  # fmt: skip
+                                 headers=hdrs, on_delivery=delivered)  # type: ignore[arg-type]  # fmt: skip
                 break
             except BufferError:
                 producer.poll(0.05)

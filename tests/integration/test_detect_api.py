@@ -235,6 +235,15 @@ def test_chunked_body_is_411_and_wrong_method_405_and_unknown_route_404(api: Pro
     status, body = api.get("/detect")
     assert (status, json.loads(body)["error"]["code"]) == (405, "method_not_allowed")
     assert post(api, "/nope", b"x")[0] == 404
+    for method, path, allow in (("PUT", "/detect", "POST"), ("DELETE", "/health", "GET"), ("HEAD", "/readyz", "GET")):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+        try:
+            conn.request(method, path, body=b"x" if method == "PUT" else None)
+            resp = conn.getresponse()
+            resp.read()
+            assert (resp.status, resp.getheader("Allow")) == (405, allow), method  # never the stdlib's 501
+        finally:
+            conn.close()
 
 
 def test_openapi_document_lists_the_detect_routes(api: ProcessorProc) -> None:

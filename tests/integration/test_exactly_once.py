@@ -28,7 +28,9 @@ def test_exactly_once_kill9_mid_stream_read_committed_reader_sees_each_event_onc
     ids = {f"eos-{i}" for i in range(n)}
     values = [image_event(f"eos-{i}", jpeg_bytes(64, 64)) for i in range(n)]
     values[7] = b'{"event_id": "eos-7", "not": "an image"}'  # dead letters ride in the same transactions
-    produce_values(bootstrap, inp, values, partitions=partitions)
+    headers: list[list[tuple[str, bytes]] | None] = [None] * n
+    headers[7] = [("event_id", b"eos-7")]  # invalid_schema: the dead letter's id comes from this header
+    produce_values(bootstrap, inp, values, partitions=partitions, headers=headers)
     # One stable transactional.id for both instances: B's init_transactions fences A and aborts A's open transaction.
     env = processor_env(bootstrap, inp, out, dlq, group_id, DELIVERY="exactly-once",
                         TRANSACTIONAL_ID=f"tx-{group_id}", MAX_IN_FLIGHT="64")  # fmt: skip

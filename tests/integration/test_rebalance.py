@@ -52,32 +52,41 @@ def test_instances_share_partitions_and_lose_nothing_when_one_joins_and_one_leav
     b.wait_ready()
     two = wait_for(lambda: shared_by([a, b]), 60, "A and B to split the 6 partitions")
 
-    n, image = 900, jpeg_bytes(64, 64)
-    ids = [f"rb-{i}" for i in range(n)]
+    image = jpeg_bytes(64, 64)
+    ids: list[str] = []
+    stop = threading.Event()
 
-    def produce_steadily() -> None:  # ~150 events/s for ~6 s: the group changes while events keep arriving
-        for start in range(0, n, 30):
-            produce_values(bootstrap, inp, [image_event(e, image) for e in ids[start : start + 30]],
-                           partitions=PARTITIONS)  # fmt: skip
+    def produce_steadily() -> None:  # ~100 events/s until told to stop: the group changes under a live stream
+        while not stop.is_set():
+            batch = [f"rb-{len(ids) + i}" for i in range(20)]
+            produce_values(bootstrap, inp, [image_event(e, image) for e in batch], partitions=PARTITIONS)
+            ids.extend(batch)
             time.sleep(0.2)
 
     producer = threading.Thread(target=produce_steadily, name="steady-producer")
     producer.start()
     try:
         time.sleep(1.0)
+        joined_at = time.monotonic()
         c = processor_factory(env, name="c")  # joins mid-stream
         three = wait_for(lambda: shared_by([a, b, c]), 60, "A, B and C to share the 6 partitions")
+        join_s = time.monotonic() - joined_at
         left_at = time.monotonic()
         assert a.stop(signal.SIGTERM) == 0, a.log_tail()  # leaves mid-stream: drains and commits its partitions
         leave_s = time.monotonic() - left_at
         after = wait_for(lambda: shared_by([b, c]), 60, "B and C to take over A's partitions")
+        time.sleep(1.0)  # B and C consume the new assignment while events still arrive
     finally:
+        stop.set()
         producer.join()
+    n = len(ids)
     messages = read_until_ids(bootstrap, [out, dlq], PARTITIONS, set(ids), timeout_s=120, settle_s=1.0)
     counts = Counter(event_id_of(m) for m in messages)
     lost = set(ids) - set(counts)
     dups = sum(c - 1 for c in counts.values())
-    print(f"\nFIGURE rebalance: assignments two={two} three={three} after_leave={after} a_left_in={leave_s:.1f}s "
-          f"events={n} lost={len(lost)} duplicates={dups}")  # fmt: skip
+    print(
+        f"\nFIGURE rebalance: assignments two={two} three={three} after_leave={after} "
+        f"c_start_to_share={join_s:.1f}s a_left_in={leave_s:.1f}s events={n} lost={len(lost)} duplicates={dups}"
+    )
     assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:5]}"
     assert b.stop() == 0 and c.stop() == 0

@@ -265,7 +265,7 @@ def _answers(proc: ProcessorProc) -> bool:
 def test_kafka_broker_restart_mid_stream_loses_no_event(
     apache_kafka: RestartableCluster, topic_factory: TopicFactory, group_id: str, processor_factory: ProcessorFactory
 ) -> None:
-    n = 300
+    n = 200
     bootstrap = apache_kafka.bootstrap
     inp, out, dlq = make_topics(bootstrap, topic_factory, 3)
     ids = {f"rs-{i}" for i in range(n)}
@@ -288,12 +288,12 @@ def test_kafka_broker_restart_mid_stream_loses_no_event(
 def test_kafka_consumer_lag_is_reported_while_behind_and_returns_to_zero(
     apache_kafka: Cluster, topic_factory: TopicFactory, group_id: str, processor_factory: ProcessorFactory
 ) -> None:
-    n = 240
+    n = 160
     bootstrap = apache_kafka.bootstrap
     inp, out, dlq = make_topics(bootstrap, topic_factory, 1)
     ids = {f"lag-{i}" for i in range(n)}
     produce_values(bootstrap, inp, [image_event(f"lag-{i}", SMALL_JPEG) for i in range(n)])
-    env = processor_env(bootstrap, inp, out, dlq, group_id, MAX_BATCH_SIZE="1", MAX_IN_FLIGHT="24")
+    env = processor_env(bootstrap, inp, out, dlq, group_id, MAX_BATCH_SIZE="1", MAX_IN_FLIGHT="32")
     proc = processor_factory(env, name="lag")
 
     def probe() -> tuple[int | None, float]:
@@ -302,12 +302,10 @@ def test_kafka_consumer_lag_is_reported_while_behind_and_returns_to_zero(
 
     with Sampler(probe, 0.2) as samples:
         read_until_ids(bootstrap, [out, dlq], 1, ids, timeout_s=90)
-        final = wait_for(lambda: probe() == (0, 0.0), 15, "lag to return to 0")
+        wait_for(lambda: probe() == (0, 0.0), 15, "lag to return to 0")
     peak = max((lag or 0) for lag, _ in samples.values)
     peak_metric = max(m for _, m in samples.values)
-    print(
-        f"\nFIGURE lag: backlog={n} peak /health lag={peak} peak deepfake_consumer_lag={peak_metric:.0f} final={final}"
-    )
+    print(f"\nFIGURE lag: backlog={n} peak /health lag={peak} peak deepfake_consumer_lag={peak_metric:.0f}, then 0")
     assert 0 < peak <= n and 0 < peak_metric <= n
     assert proc.stop() == 0
 

@@ -27,6 +27,7 @@ class FakeNvml:
         self.devices, self.used, self.total, self.util = devices, used, total, util
         self.init_error: Exception | None = None
         self.read_error: Exception | None = None
+        self.util_error: Exception | None = None
         self.shutdowns = 0
         self.handles: list[Any] = []
 
@@ -54,6 +55,8 @@ class FakeNvml:
         return SimpleNamespace(used=self.used, total=self.total, free=self.total - self.used)
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        if self.util_error:
+            raise self.util_error
         return SimpleNamespace(gpu=self.util, memory=10)
 
 
@@ -133,3 +136,12 @@ def test_a_failing_read_keeps_the_last_values_and_warns_once(nvml: FakeNvml, cap
     assert len(caplog.records) == 1
     assert health.memory["gpu_memory_percent"] == 25.0
     assert gauge(metrics, "deepfake_gpu_memory_used_bytes") == 3 * GiB
+
+
+def test_a_mig_slice_without_utilisation_still_reports_memory(nvml: FakeNvml) -> None:
+    nvml.util_error = NVMLError("Not Supported")
+    metrics, health = Metrics(), Health(gpu_available=True)
+    GpuMonitor(nvml, "MIG-1", metrics, health).poll_once()  # type: ignore[arg-type]
+    assert health.memory["total_mb"] == 12288.0
+    assert gauge(metrics, "deepfake_gpu_memory_used_bytes") == 3 * GiB
+    assert gauge(metrics, "deepfake_gpu_utilization_ratio") == 0.0

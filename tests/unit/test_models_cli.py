@@ -69,7 +69,9 @@ def test_validate_exits_0_with_one_ok_line(tiny_dir: Path, capsys: pytest.Captur
     assert line.startswith(f"OK {tiny_dir}: variants fp32, fp16, int8, q4, bnb4;")
 
 
-def test_validate_exits_2_naming_the_problem(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_exits_2_naming_the_problem(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken"
     (broken / "onnx").mkdir(parents=True)
     (broken / "onnx" / "model.onnx").write_bytes((tiny_dir / "onnx" / "model.onnx").read_bytes())
@@ -101,7 +103,7 @@ def test_bad_input_exits_2_with_a_message(
 
 
 def test_arch_choices_match_the_builder() -> None:
-    assert ARCH_CHOICES == tuple(sorted(ARCHS))
+    assert tuple(sorted(ARCHS)) == ARCH_CHOICES
 
 
 def test_help_and_validate_work_without_onnx_while_build_asks_for_the_extra(tiny_dir: Path) -> None:

@@ -231,7 +231,7 @@ def test_validate_checks_only_the_named_variant(tmp_path: Path) -> None:
 
 
 def test_validate_of_an_absent_variant_lists_the_present_ones(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="model variant 'q4' .* is not in .*; present: fp32"):
+    with pytest.raises(ConfigError, match=r"model variant 'q4' .* is not in .*; present: fp32"):
         validate_model_dir(_model_dir(tmp_path / "m"), "q4")
 
 
