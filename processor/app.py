@@ -73,6 +73,8 @@ class Processor:
         self.http = HttpServer(settings.http_host, settings.http_port, self.health, self.metrics)
         if settings.http_api:  # routed from the start, so /detect answers 503 (not 404) while the model loads
             self.http.api = DetectApi(self.submit_sync, self.health, ApiLimits.from_settings(settings))
+        if settings.admin_api:
+            self.http.reload = self.reload
         self.gpu: GpuMonitor | None = None
         self.engine: Engine | None = None
         self.loop: StreamLoop | None = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +19,9 @@ from processor.metrics import Metrics
 from processor.openapi import openapi_document
 
 log = logging.getLogger(__name__)
+
+Reloader = Callable[[Path | None, str | None], dict[str, Any]]
+_ADMIN_BODY_LIMIT = 64 * 1024
 # After refusing a body unread, read (and drop) this much of it, so the client sees the reply instead of a reset.
 _DISCARD_BYTES = 4 * 1024 * 1024
 
@@ -95,6 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path == "/admin/reload" and self.server.reload is not None:
+            self._admin_reload(self.server.reload)
+            return
         api = self.server.api
         if api is None or path not in _detect_routes(self.server):
             self._refuse_unread(404, _error("not_found", f"no route POST {path}"))
@@ -104,6 +112,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse_unread(reply.status, reply.body, reply.headers)
         else:
             self._json(reply.status, reply.body, reply.headers)
+
+    def _admin_reload(self, reload: Reloader) -> None:
+        """Hot swap (DFP_ADMIN_API=true): optional JSON {"model_dir": ..., "variant": ...}; 409 when refused."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _ADMIN_BODY_LIMIT:
+            self._refuse_unread(413, _error("invalid_request", "reload body too large"))
+            return
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            model_dir = Path(body["model_dir"]) if body.get("model_dir") else None
+            variant = str(body["variant"]) if body.get("variant") else None
+        except (ValueError, TypeError) as exc:
+            self._json(400, _error("invalid_request", f"reload body: {exc}"))
+            return
+        outcome = reload(model_dir, variant)
+        self._json(200 if outcome.get("swapped") else 409, outcome)
 
     def _not_allowed(self) -> None:
         """Other methods get a JSON 405, not the stdlib's HTML 501 (a 5xx that a client's mistake must not cause)."""
@@ -165,6 +191,7 @@ class HttpServer(ThreadingHTTPServer):
         self.health = health
         self.metrics = metrics
         self.api: DetectApi | None = None  # the /detect routes; None (404) when DFP_HTTP_API=false
+        self.reload: Reloader | None = None  # POST /admin/reload; None (404) unless DFP_ADMIN_API=true
         self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
 
     @property

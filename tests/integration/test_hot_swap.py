@@ -89,3 +89,40 @@ def test_bad_model_on_reload_is_refused_and_old_one_keeps_serving(
     assert {r["model"]["sha256"] for r in results} == {old_sha}
     status, health = proc.get_json("/health")
     assert status == 200 and health["model"]["sha256"] == old_sha and health["status"] == "healthy"
+
+
+def test_admin_reload_endpoint_swaps_to_another_model_dir_and_is_off_by_default(
+    tansu, topic_factory, group_id, processor_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import urllib.error
+    import urllib.request
+
+    other = build_model_dir("vit-tiny", tmp_path / "other", seed=3)
+    topic_in, topic_out, dlq = (topic_factory(tansu.bootstrap, 1, p) for p in ("in", "out", "dlq"))
+    base = processor_env(tansu.bootstrap, topic_in, topic_out, dlq, group_id)
+
+    def post(proc, body: dict[str, str]) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+        req = urllib.request.Request(proc.url("/admin/reload"), data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    off = processor_factory(base, name="off")
+    assert post(off, {"model_dir": str(other)})[0] == 404
+    off.stop()
+
+    on = processor_factory(dict(base, DFP_ADMIN_API="true"), name="on")
+    status, body = post(on, {"model_dir": str(tmp_path / "missing")})
+    assert status == 409 and body["swapped"] is False
+    status, body = post(on, {"model_dir": str(other)})
+    assert status == 200 and body["swapped"] is True
+    new_sha = file_sha256(other / "onnx" / "model.onnx")
+    assert body["model"]["sha256"] == new_sha
+    _produce(tansu.bootstrap, topic_in, 5, "post")
+    results = [json.loads(m.value()) for m in read_topics(tansu.bootstrap, [topic_out], 1, 5, timeout_s=60)]
+    assert {r["model"]["sha256"] for r in results} == {new_sha}
+    text = on.get("/metrics")[1].decode()
+    assert f'sha256="{new_sha}"' in text

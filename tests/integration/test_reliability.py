@@ -336,7 +336,9 @@ def test_kafka_failed_delivery_exits_1_and_never_commits_past_the_event(
     code = proc.proc.wait(60)
     committed = committed_offsets(bootstrap, group_id, inp, 1)[0]
     log = proc.log_path.read_text()
-    print(f"\nFIGURE delivery-failure: exit={code} committed_offset={committed} (failed event at offset 1)")
+    failure = next((json.loads(line) for line in log.splitlines() if '"delivery failed"' in line), {})
+    print(f"\nFIGURE delivery-failure: exit={code} committed_offset={committed} (failed event at offset 1) "
+          f"error={failure.get('error')!r}")  # fmt: skip
     assert code == 1, proc.log_tail()
     assert committed <= 1, "the group's offset moved past an event whose output was never delivered"
     assert "delivery failed" in log and "too-big" in log
