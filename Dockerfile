@@ -45,11 +45,12 @@ COPY pyproject.toml README.md* ./
 COPY processor ./processor
 COPY schemas ./schemas
 COPY models ./models
-# onnxruntime-gpu comes from the package's dependencies. The CPU variant swaps it for the same version of
+# onnxruntime-gpu comes from the package's dependencies; the GPU image adds the [gpu] extra (NVML metrics). The CPU variant swaps it for the same version of
 # the CPU wheel: a fraction of the size, and PROVIDERS=auto then lists only what can actually run.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --upgrade pip \
-    && pip install . ${ORT_PIN:+"$ORT_PIN"} \
+    && if [ "$VARIANT" = "cpu" ]; then pip install . ${ORT_PIN:+"$ORT_PIN"}; \
+       else pip install ".[gpu]" ${ORT_PIN:+"$ORT_PIN"}; fi \
     && if [ "$VARIANT" = "cpu" ]; then \
         ort_version="$(pip show onnxruntime-gpu | sed -n 's/^Version: //p')" \
         && pip uninstall -y onnxruntime-gpu \
