@@ -31,6 +31,7 @@ from processor.metrics import Metrics
 from processor.publish import Publisher, dead_letter_outcome, producer_config, result_outcome
 from processor.scorer import Scorer
 from processor.settings import Delivery, Settings
+from processor.slo import SloController
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,14 @@ class Processor:
         self._publish_model(engine)
         self.gpu = GpuMonitor.start_for(engine.gpu, self.metrics, self.health)
         pre = Preprocessor(engine.model.preprocess)
-        engine.warm_up(pre.shape, tuple(sorted({1, s.max_batch_size})))
+        engine.warm_up(pre.shape, self._warm_sizes())
         self.health.warmed_up = True
-        batcher = MicroBatcher(s.max_batch_size, s.max_batch_wait_ms / 1000.0, pre.shape)
+        slo = None
+        if s.latency_target_ms:
+            slo = SloController(s.latency_target_ms / 1000.0, s.max_batch_size, s.max_batch_wait_ms / 1000.0)
+        batcher = MicroBatcher(
+            s.max_batch_size, s.max_batch_wait_ms / 1000.0, pre.shape, buckets=tuple(s.batch_buckets), slo=slo
+        )
         fetcher = (
             UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes), read_timeout_s=s.fetch_timeout_s)
             if s.image_url_allowlist
@@ -178,7 +184,7 @@ class Processor:
                 new = load_engine(self.settings, model_dir, variant)
                 if new.model.preprocess != old.model.preprocess:
                     raise ConfigError("new model needs different preprocessing; restart the processor to switch")
-                new.warm_up(Preprocessor(new.model.preprocess).shape, tuple(sorted({1, self.settings.max_batch_size})))
+                new.warm_up(Preprocessor(new.model.preprocess).shape, self._warm_sizes())
             except Exception as exc:  # any failure (load, validation, warm-up) keeps the serving model
                 log.error("model reload refused; old model keeps serving", extra={"error": str(exc)[:500]})
                 return {"swapped": False, "error": str(exc)[:500], "model": old.ref.model_dump()}
@@ -198,6 +204,10 @@ class Processor:
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def _warm_sizes(self) -> tuple[int, ...]:
+        """Every batch shape the engine will see when static buckets are set, else the extremes."""
+        return tuple(sorted({1, self.settings.max_batch_size, *self.settings.batch_buckets}))
 
     def _engine(self) -> Engine:
         assert self.engine is not None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from processor.inflight import InFlight
+from processor.slo import SloController
 
 
 @dataclass(slots=True)
@@ -21,27 +22,46 @@ class Batch:
     # rows[i] is the slice of `tensor` that belongs to items[i] (one row per face, or one for the whole image).
     rows: list[slice]
     formed_at: float
+    size: int = 0  # real rows; tensor may be longer when padded up to a static bucket size
 
 
 class MicroBatcher:
     """Thread-safe: decode workers `put`, the scoring thread `next_batch`. Never splits an event across batches."""
 
-    def __init__(self, max_batch_size: int, max_wait_s: float, sample_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_s: float,
+        sample_shape: tuple[int, int, int],
+        *,
+        buckets: tuple[int, ...] = (),
+        slo: SloController | None = None,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        # Static shapes: each batch is zero-padded up to the next bucket so the engine only ever sees
+        # shapes it warmed (TensorRT engines, CUDA graphs); empty = dynamic batch size.
+        self.buckets = tuple(sorted(b for b in buckets if b > 0))
+        self.slo = slo
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
         self._cond = threading.Condition()
         self._closed = False
         # Preallocated once; every batch is a prefix view of it (no per-batch allocation on the hot path).
-        self._buffer = np.empty((max_batch_size, *sample_shape), dtype=np.float32)
+        capacity = max(max_batch_size, *self.buckets) if self.buckets else max_batch_size
+        self._buffer = np.empty((capacity, *sample_shape), dtype=np.float32)
+
+    def _limits(self) -> tuple[int, float]:
+        if self.slo is None:
+            return self.max_batch_size, self.max_wait_s
+        return self.slo.limit, self.slo.wait_s
 
     def put(self, item: InFlight) -> None:
         assert item.crops is not None
         with self._cond:
             self._ready.append((time.monotonic(), item))
             self._ready_rows += len(item.crops)
-            if self._ready_rows >= self.max_batch_size or len(self._ready) == 1:
+            if self._ready_rows >= self._limits()[0] or len(self._ready) == 1:
                 self._cond.notify()
 
     def __len__(self) -> int:
@@ -65,24 +85,23 @@ class MicroBatcher:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if self._ready and (
-                    self._ready_rows >= self.max_batch_size or now - self._ready[0][0] >= self.max_wait_s
-                ):
-                    return (*self._take(), now)
+                limit, max_wait_s = self._limits()
+                if self._ready and (self._ready_rows >= limit or now - self._ready[0][0] >= max_wait_s):
+                    return (*self._take(limit), now)
                 if self._closed or now >= deadline:
-                    return ([], 0, now) if not (self._closed and self._ready) else (*self._take(), now)
+                    return ([], 0, now) if not (self._closed and self._ready) else (*self._take(limit), now)
                 wait = deadline - now
                 if self._ready:
-                    wait = min(wait, self._ready[0][0] + self.max_wait_s - now)
+                    wait = min(wait, self._ready[0][0] + max_wait_s - now)
                 self._cond.wait(max(wait, 0.0))
 
-    def _take(self) -> tuple[list[InFlight], int]:
+    def _take(self, limit: int) -> tuple[list[InFlight], int]:
         items: list[InFlight] = []
         rows = 0
         while self._ready:
             crops = self._ready[0][1].crops
             assert crops is not None
-            if items and rows + len(crops) > self.max_batch_size:
+            if items and rows + len(crops) > limit:
                 break
             items.append(self._ready.popleft()[1])
             rows += len(crops)
@@ -91,11 +110,14 @@ class MicroBatcher:
 
     def _stack(self, items: list[InFlight], rows: int, now: float) -> Batch:
         # A lone event with more faces than the buffer holds gets its own tensor (rare; MAX_FACES bounds it).
+        padded = next((b for b in self.buckets if b >= rows), rows)
         tensor = (
-            self._buffer[:rows]
-            if rows <= len(self._buffer)
-            else np.empty((rows, *self._buffer.shape[1:]), dtype=np.float32)
+            self._buffer[:padded]
+            if padded <= len(self._buffer)
+            else np.empty((padded, *self._buffer.shape[1:]), dtype=np.float32)
         )
+        if padded > rows:
+            tensor[rows:] = 0.0
         slices: list[slice] = []
         start = 0
         for item in items:
@@ -104,4 +126,4 @@ class MicroBatcher:
             tensor[start:end] = item.crops
             slices.append(slice(start, end))
             start = end
-        return Batch(items=items, tensor=tensor, rows=slices, formed_at=now)
+        return Batch(items=items, tensor=tensor, rows=slices, formed_at=now, size=rows)

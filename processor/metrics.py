@@ -46,6 +46,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.batch_limit = Gauge(
+            "deepfake_batch_limit",
+            "Current batch size limit (SLO-adaptive when DFP_LATENCY_TARGET_MS is set)",
+            registry=r,
+        )
+        self.batch_wait = Gauge(
+            "deepfake_batch_wait_seconds", "Current longest wait for a batch to fill (SLO-adaptive)", registry=r
+        )
         self.consumer_lag = Gauge(
             "deepfake_consumer_lag",
             "Consumer lag in messages per assigned partition",

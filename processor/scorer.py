@@ -89,8 +89,9 @@ class Scorer:
         engine = self.engine_ref()
         started = time.monotonic()
         probs, ok = infer_isolating(engine, batch.tensor)
+        ok = ok[: batch.size]  # rows past `size` are static-shape padding
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        self.metrics.batch_size.observe(len(batch.tensor))
+        self.metrics.batch_size.observe(batch.size)
         self.metrics.stage_latency.labels(stage="inference").observe(elapsed_ms / 1000.0)
         self._watch_health(engine, batch, ok)
         for item, rows in zip(batch.items, batch.rows, strict=True):
@@ -105,6 +106,20 @@ class Scorer:
                 )
             item.crops = None  # the tensor rows are no longer needed; free them before the event is produced
             self.on_done(item)
+        if self.batcher.slo is not None:
+            self._observe_slo(batch)
+
+    def _observe_slo(self, batch: Batch) -> None:
+        assert self.batcher.slo is not None
+        now_wall, now = time.time(), time.monotonic()
+        # End to end from the input's Kafka timestamp when it has one (SLO definition), else from consume.
+        latencies = [
+            now_wall - item.timestamp_ms / 1000.0 if item.timestamp_ms is not None else now - item.consumed_at
+            for item in batch.items
+        ]
+        self.batcher.slo.observe(latencies, batch.size)
+        self.metrics.batch_limit.set(self.batcher.slo.limit)
+        self.metrics.batch_wait.set(self.batcher.slo.wait_s)
 
     def _watch_health(self, engine: Engine, batch: Batch, ok: np.ndarray) -> None:
         if ok.any():

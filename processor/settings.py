@@ -44,6 +44,7 @@ class LogFormat(StrEnum):
 
 
 CommaList = Annotated[list[str], NoDecode]
+CommaInts = Annotated[list[int], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(False, description="Refuse to start when only the CPU provider is available")
     max_batch_size: int = Field(32, ge=1, le=1024, description="Images per inference call")
     max_batch_wait_ms: float = Field(5.0, ge=0, le=60_000, description="Longest a ready image waits for its batch")
+    latency_target_ms: float | None = Field(
+        None, gt=0, description="When set, adapt batch size and wait online to keep p99 end-to-end under it"
+    )
+    batch_buckets: CommaInts = Field(
+        [], description="Static batch shapes: pad each batch to the next of these sizes (warmed); empty = dynamic"
+    )
     max_in_flight: int = Field(1024, ge=1, description="Events consumed but not committed; above it, pause")
     decode_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Decode/preprocess threads"
@@ -95,7 +102,7 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM drain budget before exit")
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough (DFP_KAFKA_<KEY>)")
 
-    @field_validator("input_topic", "image_url_allowlist", mode="before")
+    @field_validator("input_topic", "image_url_allowlist", "batch_buckets", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,71 @@
+"""SLO-adaptive batching and static batch buckets (pure logic)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from processor.batcher import MicroBatcher
+from processor.inflight import InFlight
+from processor.slo import ADJUST_EVERY, SloController
+
+SHAPE = (3, 4, 4)
+
+
+def _item(offset: int, rows: int = 1) -> InFlight:
+    item = InFlight(topic="t", partition=0, offset=offset, key=None, value=b"", headers=None, timestamp_ms=None)
+    item.crops = np.full((rows, *SHAPE), offset + 1, dtype=np.float32)
+    return item
+
+
+def _feed(slo: SloController, latency_s: float, rows: int, batches: int = ADJUST_EVERY) -> None:
+    for _ in range(batches):
+        slo.observe([latency_s] * 4, rows)
+
+
+def test_batch_is_padded_to_the_next_bucket_with_zero_rows() -> None:
+    batcher = MicroBatcher(8, 0.0, SHAPE, buckets=(1, 4, 8))
+    for i in range(3):
+        batcher.put(_item(i))
+    batch = batcher.next_batch(0.1)
+    assert batch is not None
+    assert batch.size == 3 and batch.tensor.shape[0] == 4
+    assert (batch.tensor[3] == 0).all() and (batch.tensor[2] == 3).all()
+
+
+def test_without_buckets_the_batch_keeps_its_real_size() -> None:
+    batcher = MicroBatcher(8, 0.0, SHAPE)
+    for i in range(3):
+        batcher.put(_item(i))
+    batch = batcher.next_batch(0.1)
+    assert batch is not None and batch.tensor.shape[0] == batch.size == 3
+
+
+def test_latency_over_target_with_half_empty_batches_shortens_the_wait() -> None:
+    slo = SloController(target_s=0.05, max_batch_size=32, max_wait_s=0.02)
+    _feed(slo, latency_s=0.08, rows=4)
+    assert slo.wait_s < 0.02 and slo.limit < 32
+
+
+def test_latency_over_target_with_full_batches_grows_the_limit_instead_of_shrinking() -> None:
+    slo = SloController(target_s=0.05, max_batch_size=64, max_wait_s=0.02)
+    slo.limit = 8
+    _feed(slo, latency_s=0.2, rows=8)
+    assert slo.limit == 16
+
+
+def test_latency_well_under_target_lets_wait_and_limit_recover_within_their_maxima() -> None:
+    slo = SloController(target_s=1.0, max_batch_size=32, max_wait_s=0.01)
+    slo.limit, slo.wait_s = 4, 0.001
+    for _ in range(40):
+        _feed(slo, latency_s=0.01, rows=4)
+    assert slo.limit == 32 and slo.wait_s == 0.01
+
+
+def test_batcher_honours_the_controller_limit() -> None:
+    slo = SloController(target_s=1.0, max_batch_size=8, max_wait_s=10.0)
+    slo.limit = 2
+    batcher = MicroBatcher(8, 10.0, SHAPE, slo=slo)
+    for i in range(5):
+        batcher.put(_item(i))
+    batch = batcher.next_batch(0.1)
+    assert batch is not None and batch.size == 2
