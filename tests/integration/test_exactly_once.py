@@ -36,8 +36,12 @@ def test_exactly_once_kill9_mid_stream_read_committed_reader_sees_each_event_onc
                         TRANSACTIONAL_ID=f"tx-{group_id}", MAX_IN_FLIGHT="64")  # fmt: skip
     first = processor_factory(env, name="eos-a")
 
+    peak_in_flight = 0.0
+
     def decided() -> float:
+        nonlocal peak_in_flight
         text = first.get("/metrics")[1].decode()
+        peak_in_flight = max(peak_in_flight, *metric_samples(text, "deepfake_in_flight_events"))
         return sum(metric_samples(text, "deepfake_events_scored_total")) + sum(
             metric_samples(text, "deepfake_events_dead_lettered_total")
         )
@@ -46,6 +50,7 @@ def test_exactly_once_kill9_mid_stream_read_committed_reader_sees_each_event_onc
     while decided() < n // 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     first.stop(signal.SIGKILL)
+    assert 0 < peak_in_flight <= 64, f"deepfake_in_flight_events peaked at {peak_in_flight} in exactly-once mode"
     second = processor_factory(env, name="eos-b")
 
     committed = read_until_ids(bootstrap, [out, dlq], partitions, ids, timeout_s=120, settle_s=2.0)
