@@ -19,7 +19,7 @@ from typing import Any
 
 from models.loader import resolve_model
 from processor import bench_inproc as inproc
-from processor.bench_report import machine_info, markdown, plot, ratios, targets, write_section
+from processor.bench_report import cpu_view, machine_info, markdown, plot, ratios, targets, write_section
 from processor.bench_stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
 from processor.bench_workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from processor.settings import Settings, load_settings
@@ -125,6 +125,7 @@ def _finish(result: dict[str, Any], model_dir: Path, settings: Settings, args: a
     gpu = result["settings"]["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     result["ratios"] = ratios(result)
+    result["extra"]["cpu_view"] = cpu_view(result)
     result["targets"] = targets(result, full_size=size >= FULL_SIZE_BYTES, gpu=gpu)
     result["targets_met"] = {t["name"]: t["met"] for t in result["targets"]}
     png = plot(result, Path(args.plot_dir) / f"bench-{result['settings']['label']}.png") if args.plot_dir else None

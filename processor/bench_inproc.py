@@ -145,7 +145,7 @@ def _time_infer(engine: Engine, batch: np.ndarray, seconds: float) -> tuple[floa
     engine.infer(batch)  # first call per shape pays allocation and kernel selection
     times: list[float] = []
     started, cpu = time.monotonic(), time.process_time()
-    while len(times) < 3 or time.monotonic() - started < seconds:
+    while len(times) < 2 or time.monotonic() - started < seconds:
         t0 = time.perf_counter()
         engine.infer(batch)
         times.append((time.perf_counter() - t0) * 1000.0)
@@ -158,8 +158,9 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
     pre = Preprocessor(engine.model.preprocess)
     engine.warm_up(pre.shape, tuple(sorted({1, settings.max_batch_size})))
     batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000.0, pre.shape)
-    # A few batches of look-ahead keep the batcher full; MAX_IN_FLIGHT (1024) would only add a drain tail.
-    completion = _Completion(min(settings.max_in_flight, 4 * settings.max_batch_size + 2 * settings.decode_workers))
+    # One batch decoding while another is scored keeps batches full; MAX_IN_FLIGHT (1024) would only add a
+    # drain tail of minutes with a slow model (the rate counts every image either way).
+    completion = _Completion(min(settings.max_in_flight, 2 * settings.max_batch_size + 2 * settings.decode_workers))
 
     def finish(item: InFlight) -> None:  # what Processor._finish does, minus the metrics
         if item.error is not None:

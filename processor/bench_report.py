@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,19 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}  # fmt: skip
 
 
+def sgemm_gflops_per_core(seconds: float = 0.3) -> float:
+    """float32 matrix-multiply GFLOP per CPU-second (numpy/BLAS): compares this CPU with others' at a glance."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    a @ a
+    calls, started, cpu = 0, time.monotonic(), time.process_time()
+    while calls < 3 or time.monotonic() - started < seconds:
+        a @ a
+        calls += 1
+    return round(calls * 2 * 512**3 / max(1e-9, time.process_time() - cpu) / 1e9, 1)
+
+
 def machine_info(argv: list[str]) -> dict[str, Any]:
     """CPU, cores, memory, GPU, library versions and the command line, for the JSON and the Markdown."""
     import psutil
@@ -62,6 +76,7 @@ def machine_info(argv: list[str]) -> dict[str, Any]:
         "os": platform.platform(),
         # Other work on the machine skews every figure: keep the load next to them.
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "sgemm_gflops_per_core": sgemm_gflops_per_core(),
         "versions": library_versions(),
         "command_line": shlex.join(["deepfake-processor", *argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -85,6 +100,17 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
     return {"e2e/pipeline_ceiling": _div(e2e, result.get("pipeline_ceiling_images_per_s")),
             "e2e/baseline": _div(e2e, result.get("baseline_images_per_s")),
             "e2e/model_only_best": _div(e2e, best[2] if best else None)}  # fmt: skip
+
+
+def cpu_view(result: dict[str, Any]) -> dict[str, float | None]:
+    """Contention-proof reading: CPU-cost ratio of e2e to the in-process pipeline, and what the CPU costs
+    allow on this many otherwise idle cores (cores × 1000 / CPU ms per image)."""
+    cpu = result.get("extra", {}).get("cpu_ms_per_image", {})
+    cores = result["machine"]["cores"]
+    view: dict[str, float | None] = {"e2e/pipeline_ceiling_cpu": _div(cpu.get("pipeline_ceiling"), cpu.get("e2e"))}
+    for stage in ("decode_only", "pipeline_ceiling", "e2e"):
+        view[f"{stage}_idle_machine_images_per_s"] = round(cores * 1000.0 / cpu[stage], 1) if cpu.get(stage) else None
+    return view
 
 
 def targets(result: dict[str, Any], *, full_size: bool, gpu: bool) -> list[dict[str, Any]]:
@@ -135,7 +161,8 @@ def markdown(result: dict[str, Any], plot: Path | None, markdown_path: Path) -> 
     lines = [
         f"### {s['label']} — {s['served_variant']} on {s['provider']} ({m['date']})", "",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu']}; {m['os']}; "
-        f"load average {m['load_average_1m']} at start, {m.get('load_average_1m_end', '?')} at end",
+        f"load average {m['load_average_1m']} at start, {m.get('load_average_1m_end', '?')} at end; "
+        f"sgemm {m['sgemm_gflops_per_core']} GFLOP/s per core",
         f"- Versions: onnxruntime {v['onnxruntime']}, confluent-kafka {v['confluent-kafka']}, "
         f"librdkafka {v['librdkafka']}, opencv {v['opencv']}, numpy {v['numpy']}, python {v['python']}",
         f"- Command: `{m['command_line']}`",
@@ -143,7 +170,8 @@ def markdown(result: dict[str, Any], plot: Path | None, markdown_path: Path) -> 
         f"MAX_BATCH_WAIT_MS={s['max_batch_wait_ms']}, INFERENCE_THREADS={s['inference_threads']} (0 = cores), "
         f"MAX_IN_FLIGHT={s['max_in_flight']}, partitions={s['partitions']}, e2e events={s.get('e2e_events')}",
         f"- Images: {s['sizes']} ({s['formats']}); {s['mix']}", "",
-        *_headline(result), "", *_model_table(result), "", *_latency_table(result), "", *_targets_table(result),
+        *_headline(result), "", *_cpu_lines(result), "", *_model_table(result), "", *_latency_table(result), "",
+        *_targets_table(result),
     ]  # fmt: skip
     if plot is not None:
         lines += ["", f"![{s['label']} bench]({os.path.relpath(plot, markdown_path.parent)})"]
@@ -172,6 +200,19 @@ def _headline(result: dict[str, Any]) -> list[str]:
     out.append(f"| peak RSS of the processor | {_fmt(result.get('peak_rss_mb'), 0)} MB | | | GPU memory: "
                f"{'null (no GPU)' if gpu is None else _fmt(gpu, 0) + ' MB'} |")  # fmt: skip
     return out
+
+
+def _cpu_lines(result: dict[str, Any]) -> list[str]:
+    view = result.get("extra", {}).get("cpu_view") or {}
+    cores = result["machine"]["cores"]
+    if not view.get("pipeline_ceiling_idle_machine_images_per_s"):
+        return []
+    return [f"CPU-cost view (robust to other load on the machine): per image, e2e through Kafka is "
+            f"{_fmt(view.get('e2e/pipeline_ceiling_cpu'), 2)}× as CPU-efficient as the in-process pipeline; on "
+            f"{cores} otherwise idle cores these costs allow "
+            f"{_fmt(view.get('decode_only_idle_machine_images_per_s'))} images/s decode only, "
+            f"{_fmt(view.get('pipeline_ceiling_idle_machine_images_per_s'))} in process and "
+            f"{_fmt(view.get('e2e_idle_machine_images_per_s'))} through Kafka."]  # fmt: skip
 
 
 def _e2e_note(extra: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ LOAD_PERCENTS = (25, 50, 75)
 
 @dataclass(frozen=True, slots=True)
 class Durations:
-    """Seconds each stage runs for (at least), and the fewest events a Kafka stage sends."""
+    """Seconds each stage runs for (at least); a Kafka stage also sends at least a few batches' worth."""
 
     decode_s: float = 5.0
     model_s: float = 1.5
@@ -47,10 +47,10 @@ class Durations:
     baseline_s: float = 10.0
     e2e_s: float = 20.0
     latency_s: float = 10.0
-    min_events: int = 200
 
 
-QUICK = Durations(0.5, 0.1, 1.0, 1.5, 2.0, 1.5, 20)
+QUICK = Durations(0.5, 0.1, 1.0, 1.5, 2.0, 1.5)
+MIN_LATENCY_EVENTS = 10
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -130,7 +130,7 @@ def run_kafka(todo: list[str], settings: Settings, d: Durations, result: dict[st
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         create_topics(broker.bootstrap, list(t.values()), partitions=args.partitions)
         s = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        n = args.e2e_events or max(d.min_events, round(d.e2e_s * _estimate(result)))
+        n = args.e2e_events or max(2 * s.max_batch_size, round(d.e2e_s * _estimate(result)))
         result["settings"]["e2e_events"] = n
         if {"baseline", "e2e"} & set(todo):
             bar.set_description(f"producing {n} events")
@@ -211,7 +211,7 @@ def _stage_latency(proc: ProcessorProcess, collector: OutputCollector, bootstrap
     for pct in LOAD_PERCENTS:
         rate = reference * pct / 100.0
         bar.set_description(f"latency at {pct} % ({rate:.1f}/s)")
-        row = _latency_at(proc, collector, bootstrap, topic, rate, max(d.min_events // 2, round(rate * d.latency_s)),
+        row = _latency_at(proc, collector, bootstrap, topic, rate, max(MIN_LATENCY_EVENTS, round(rate * d.latency_s)),
                           f"lat{pct}", args)  # fmt: skip
         result["latency"][str(pct)] = {"load_fraction": pct / 100.0, **row}
         bar.write(f"latency at {pct} %: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms")

@@ -153,9 +153,9 @@ class StreamLoop:
                 break
         if self._eos:
             self._release_transaction()
-            return
-        for item in self.tracker.releasable():
-            self.publisher.produce(item)
+        else:
+            for item in self.tracker.releasable():
+                self.publisher.produce(item)
         self.metrics.in_flight.set(len(self.tracker))
 
     def _release_transaction(self) -> None:

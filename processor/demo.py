@@ -111,7 +111,7 @@ def _serve(
                 events = sample_events(batch, seed=produced, bad_every=7, prefix=f"demo-{produced}")
                 produced += int(send(producer, TOPICS[0], events, rate=args.rate)["sent"])
             for msg in reader.consume(100, 0.2):
-                if msg.error() is None:
+                if msg.error() is None and seen < target:
                     seen += 1
                     print(_describe(msg))
     finally:

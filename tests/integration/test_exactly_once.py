@@ -61,7 +61,8 @@ def test_exactly_once_kill9_mid_stream_read_committed_reader_sees_each_event_onc
     lost, twice = ids - set(seen), {e: c for e, c in seen.items() if c > 1}
     print(f"\nFIGURE exactly-once: events={n} read_committed={len(committed)} (lost={len(lost)} "
           f"duplicated={len(twice)}) read_uncommitted={len(uncommitted)} "
-          f"(extra={sum(raw.values()) - len(raw)}: records of the aborted transaction)")  # fmt: skip
+          f"(extra={sum(raw.values()) - len(raw)}: records of the aborted transaction) "
+          f"peak_in_flight={peak_in_flight:.0f}")  # fmt: skip
     assert not lost, f"{len(lost)} events missing, e.g. {sorted(lost)[:5]}\n{second.log_tail()}"
     assert not twice, f"seen more than once by read_committed: {dict(list(twice.items())[:5])}"
     assert len(committed) == n
