@@ -126,7 +126,7 @@ def test_every_bad_event_is_one_dead_letter_with_its_code_and_bytes_good_images_
         letters = [m for m in read_until_ids(bootstrap, [dlq], 1, bomb_ids, timeout_s=60) if event_id_of(m) in bomb_ids]
     after, peak = rss_mb(proc.pid), max(rss.values)
     print(f"FIGURE bomb: {copies} x {len(bomb) // 1024} KiB PNG declaring 6000x6000 "
-          f"(decoded {6000 * 6000 * 3 // 2**20} MiB each): rss before={before:.0f}MiB peak={peak:.0f}MiB "
+          f"(decoded {6000 * 6000 * 3 / 2**20:.0f} MiB each): rss before={before:.0f}MiB peak={peak:.0f}MiB "
           f"after={after:.0f}MiB")  # fmt: skip
     assert sorted(event_id_of(m) for m in letters) == sorted(bomb_ids)
     assert {headers_of(m)["error.code"] for m in letters} == {"image_too_many_pixels"}
