@@ -29,6 +29,7 @@ BUSY_POLL_S = 0.002
 MAX_CONSUME = 500
 REVOKE_DRAIN_S = 10.0
 PRESSURE_COMMIT_S = 0.02
+ERROR_LOG_EVERY_S = 30.0
 
 
 def consumer_config(
@@ -50,6 +51,8 @@ def consumer_config(
         "error_cb": on_error,
         "on_commit": on_commit,
         "client.id": "deepfake-processor",
+        # librdkafka's own log lines go through our logging (JSON or text), not raw to stderr.
+        "logger": logging.getLogger("librdkafka.consumer"),
     }
     if settings.delivery is Delivery.EXACTLY_ONCE:
         config["isolation.level"] = "read_committed"
@@ -73,6 +76,7 @@ class StreamLoop:
         self.fatal: BaseException | None = None
         self._completed: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
         self._assigned: set[tuple[str, int]] = set()
+        self._error_logged: dict[int, float] = {}
         self._lag_series: set[tuple[str, int]] = set()  # partitions with a lag gauge, removed on revoke
         self._paused = False
         self._last_commit = time.monotonic()
@@ -317,7 +321,15 @@ class StreamLoop:
             self.health.kafka_connected = False
         if err.fatal():
             self.fatal = Unrecoverable(f"fatal Kafka error: {err}")
-        log.warning("kafka error", extra={"error": str(err), "code": err.name()})
+        # librdkafka reports every reconnect attempt while a broker is down; say it once per error code
+        # per ERROR_LOG_EVERY_S at WARNING and the repeats at DEBUG, so an outage does not flood the log.
+        now = time.monotonic()
+        repeat = now - self._error_logged.get(err.code(), -ERROR_LOG_EVERY_S) < ERROR_LOG_EVERY_S
+        if not repeat:
+            self._error_logged[err.code()] = now
+        log.log(
+            logging.DEBUG if repeat else logging.WARNING, "kafka error", extra={"error": str(err), "code": err.name()}
+        )
 
     def _on_stats(self, raw: str) -> None:
         stats = json.loads(raw)

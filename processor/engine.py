@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -49,9 +51,21 @@ def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]
     return out
 
 
+@functools.cache
+def gpu_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads at all (no driver = no GPU, whatever ORT lists)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def gpu_provider_listed(choice: Providers) -> bool:
-    """Whether a GPU provider is even listed (before a session proves it can really run)."""
-    return any(p in ort.get_available_providers() for p in _WANTED[choice] if p in _GPU_PROVIDERS)
+    """Whether a GPU provider is listed and a driver is there (before a session proves it can really run)."""
+    return gpu_driver_present() and any(
+        p in ort.get_available_providers() for p in _WANTED[choice] if p in _GPU_PROVIDERS
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +149,9 @@ class Engine:
         # Idle intra-op threads spin by default, burning the cores the decode pool needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = [p for p in _WANTED[choice] if p in ort.get_available_providers()]
+        if choice is Providers.AUTO and not gpu_driver_present():
+            # onnxruntime-gpu lists CUDA/TensorRT even without a GPU and prints a page of EP errors trying them.
+            wanted = ["CPUExecutionProvider"]
         if choice is not Providers.AUTO and choice is not Providers.CPU and wanted == ["CPUExecutionProvider"]:
             log.warning("requested provider is not available; falling back to CPU", extra={"requested": choice.value})
         try:

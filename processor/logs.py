@@ -40,9 +40,30 @@ class TextFormatter(logging.Formatter):
         return f"{base} {ctx}" if ctx else base
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record per key through every `every_s` (librdkafka logs each reconnect attempt of an outage)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("librdkafka"):
+            return True
+        # librdkafka messages start "FAC [client#type-n] [thrd:...]": facility + client identify a repeat.
+        key = record.name + record.getMessage().split("]", 1)[0]
+        last = self._last.get(key)
+        if last is not None and record.created - last < self.every_s:
+            return False
+        self._last[key] = record.created
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -124,6 +124,7 @@ def producer_config(
         # Any consumed event must fit back out verbatim as a dead letter (SPEC §5).
         "message.max.bytes": max_message_bytes,
         "client.id": "deepfake-processor",
+        "logger": logging.getLogger("librdkafka.producer"),
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
