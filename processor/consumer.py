@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -17,6 +16,7 @@ from processor.decode import DecodePool
 from processor.errors import Unrecoverable
 from processor.http import Health
 from processor.inflight import InFlight
+from processor.kafka_health import KafkaHealth
 from processor.metrics import Metrics
 from processor.offsets import OffsetTracker
 from processor.publish import Publisher
@@ -29,7 +29,6 @@ BUSY_POLL_S = 0.002
 MAX_CONSUME = 500
 REVOKE_DRAIN_S = 10.0
 PRESSURE_COMMIT_S = 0.02
-ERROR_LOG_EVERY_S = 30.0
 
 
 def consumer_config(
@@ -76,12 +75,11 @@ class StreamLoop:
         self.fatal: BaseException | None = None
         self._completed: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
         self._assigned: set[tuple[str, int]] = set()
-        self._error_logged: dict[int, float] = {}
-        self._lag_series: set[tuple[str, int]] = set()  # partitions with a lag gauge, removed on revoke
+        self.kafka_health = KafkaHealth(health, metrics, self._assigned)
         self._paused = False
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
-        self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error, self._on_commit))
+        self.consumer = Consumer(consumer_config(settings, self.kafka_health.on_stats, self._on_error, self._on_commit))
         for topic in settings.input_topic:  # series exist from start, so "no events while lagging" alerts can fire
             metrics.consumed.labels(topic=topic)
 
@@ -178,36 +176,19 @@ class StreamLoop:
         items = list(self.tracker.releasable())
         if not items:
             return
-        offsets: dict[tuple[str, int], int] = {}
-        producer = self.publisher.producer
-        try:
-            producer.begin_transaction()
-            for item in items:
-                self.publisher.produce(item)
-                offsets[(item.topic, item.partition)] = item.offset + 1
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], self.consumer.consumer_group_metadata()
-            )
-            producer.commit_transaction()
-        except KafkaException as exc:
-            # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
-            # offsets are not committed; stop and let the group redeliver rather than guess.
-            raise Unrecoverable(f"transaction failed: {exc}") from exc
-        self.publisher.poll(0)
-        for item in items:
-            item.acked = True
+        offsets = self.publisher.produce_transaction(items, self.consumer.consumer_group_metadata())
         self.tracker.advance()
         self.tracker.mark_committed(offsets)
         self.metrics.commits.inc()
 
     # ---- commit, backpressure, fatal ---------------------------------------------------------------------------
 
-    def commit(self, *, asynchronous: bool) -> None:
+    def commit(self, *, asynchronous: bool, only: set[tuple[str, int]] | None = None) -> None:
         """Commit each owned partition's acknowledged contiguous prefix (offset + 1, Kafka's convention)."""
         self._last_commit = time.monotonic()
         if self._eos:
             return  # offsets travel inside each transaction
-        offsets = self.tracker.committable()
+        offsets = {tp: o for tp, o in self.tracker.committable().items() if only is None or tp in only}
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -264,7 +245,7 @@ class StreamLoop:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         if not self._eos:
             self._drain(revoked, REVOKE_DRAIN_S)
-            self._commit_sync(revoked)
+            self.commit(asynchronous=False, only=revoked)
         self._forget(revoked, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -275,9 +256,7 @@ class StreamLoop:
         dropped = sum(len(self.tracker.revoke(tp)) for tp in tps)
         self._assigned -= tps
         self._update_assignment_health()
-        for topic, partition in tps & self._lag_series:
-            self.metrics.consumer_lag.remove(topic, str(partition))
-        self._lag_series -= tps
+        self.kafka_health.forget(tps)
         log.info(
             "partitions %s",
             why,
@@ -300,51 +279,15 @@ class StreamLoop:
                 break
         return self.tracker.pending(tps)
 
-    def _commit_sync(self, tps: set[tuple[str, int]]) -> None:
-        offsets = {tp: o for tp, o in self.tracker.committable().items() if tp in tps}
-        if offsets:
-            try:
-                self.consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-                )
-                self.tracker.mark_committed(offsets)
-            except KafkaException as exc:
-                log.warning("commit on revoke failed", extra={"error": str(exc)})
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = Unrecoverable(f"fatal Kafka error: {err}")
+        self.kafka_health.on_error(err)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if tp.error is not None]
         if err is not None or failed:
             log.warning("offset commit failed", extra={"error": str(err or failed[0].error)})
-
-    def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.health.kafka_connected = False
-        if err.fatal():
-            self.fatal = Unrecoverable(f"fatal Kafka error: {err}")
-        # librdkafka reports every reconnect attempt while a broker is down; say it once per error code
-        # per ERROR_LOG_EVERY_S at WARNING and the repeats at DEBUG, so an outage does not flood the log.
-        now = time.monotonic()
-        repeat = now - self._error_logged.get(err.code(), -ERROR_LOG_EVERY_S) < ERROR_LOG_EVERY_S
-        if not repeat:
-            self._error_logged[err.code()] = now
-        log.log(
-            logging.DEBUG if repeat else logging.WARNING, "kafka error", extra={"error": str(err), "code": err.name()}
-        )
-
-    def _on_stats(self, raw: str) -> None:
-        stats = json.loads(raw)
-        brokers = stats.get("brokers", {}).values()
-        self.health.kafka_connected = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers)
-        total = 0
-        for topic, tdata in stats.get("topics", {}).items():
-            for pid, pdata in tdata.get("partitions", {}).items():
-                lag = pdata.get("consumer_lag", -1)
-                if int(pid) < 0 or (topic, int(pid)) not in self._assigned or lag is None or lag < 0:
-                    continue
-                self.metrics.consumer_lag.labels(topic=topic, partition=pid).set(lag)
-                self._lag_series.add((topic, int(pid)))
-                total += lag
-        self.health.lag = total if self._assigned else 0
 
     # ---- shutdown -----------------------------------------------------------------------------------------------
 

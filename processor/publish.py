@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.errors import ProcessorError, Unrecoverable
 from processor.inflight import Headers, InFlight, Outcome
@@ -183,6 +183,31 @@ class Publisher:
         )
         if self.fatal is None:
             self.fatal = Unrecoverable(f"delivery to {topic} failed for offset {item.offset}: {err}")
+
+    def produce_transaction(self, items: list[InFlight], group_metadata: Any) -> dict[tuple[str, int], int]:
+        """Exactly-once: the items' outputs and their input offsets commit atomically, or nothing does.
+
+        Returns the committed offsets (offset + 1 per partition). The items are released in offset order,
+        so each partition's last item is its new commit point.
+        """
+        offsets: dict[tuple[str, int], int] = {}
+        try:
+            self.producer.begin_transaction()
+            for item in items:
+                self.produce(item)
+                offsets[(item.topic, item.partition)] = item.offset + 1
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata
+            )
+            self.producer.commit_transaction()
+        except KafkaException as exc:
+            # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
+            # offsets are not committed; stop and let the group redeliver rather than guess.
+            raise Unrecoverable(f"transaction failed: {exc}") from exc
+        self.poll(0)
+        for item in items:
+            item.acked = True
+        return offsets
 
     def poll(self, timeout_s: float = 0.0) -> int:
         return int(self.producer.poll(timeout_s))
