@@ -19,7 +19,8 @@ from typing import Any
 
 from models.loader import resolve_model
 from processor import bench_inproc as inproc
-from processor.bench_report import cpu_view, machine_info, markdown, plot, ratios, targets, write_section
+from processor.bench_plot import plot
+from processor.bench_report import cpu_view, machine_info, markdown, ratios, targets, write_section
 from processor.bench_stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
 from processor.bench_workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from processor.settings import Settings, load_settings
@@ -42,6 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--decode-workers", type=int, default=None, help="DECODE_WORKERS (default: cores)")
     p.add_argument("--max-batch-size", type=int, default=None, help="MAX_BATCH_SIZE (default 32)")
     p.add_argument("--inference-threads", type=int, default=None, help="INFERENCE_THREADS (default 0 = cores)")
+    p.add_argument("--providers", default=None, help="PROVIDERS: auto, tensorrt, cuda, cpu (default auto)")
     p.add_argument("--partitions", type=int, default=3, help="input topic partitions")
     p.add_argument("--e2e-seconds", type=float, default=None, help="backlog sized for this long (default 20)")
     p.add_argument("--e2e-events", type=int, default=0, help="backlog size (default: from --e2e-seconds)")
@@ -54,6 +56,8 @@ def register(sub: Any) -> None:
     p.add_argument("--plot-dir", default="docs/img", help="where the PNG goes ('' = no plot)")
     p.add_argument("--label", default=None, help="section/plot name (default: the model directory's name)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: redo ratios, targets, Markdown, plot from a saved --json result")  # fmt: skip
     p.set_defaults(handler=run_bench)
 
 
@@ -66,6 +70,9 @@ def _ints(text: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.render:
+        _report(json.loads(args.render.read_text(encoding="utf-8")), args)
+        return 0
     import cv2
 
     cv2.setNumThreads(1)  # as processor.app.run: parallelism comes from the decode pool
@@ -83,7 +90,8 @@ def run_bench(args: argparse.Namespace) -> int:
         settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
         if {"baseline", "e2e", "latency"} & set(todo):
             run_kafka(todo, settings, _durations(args), result, bar, args)
-    _finish(result, model_dir, settings, args)
+    _finish(result, model_dir, settings)
+    _report(result, args)
     return 0
 
 
@@ -95,7 +103,7 @@ def _durations(args: argparse.Namespace) -> Durations:
 
 def _settings(args: argparse.Namespace, model_dir: Path, variant: str) -> Settings:
     overrides: dict[str, Any] = {"model_dir": model_dir, "model_variant": variant}
-    for name in ("decode_workers", "max_batch_size", "inference_threads"):
+    for name in ("decode_workers", "max_batch_size", "inference_threads", "providers"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return load_settings(overrides)
@@ -119,14 +127,22 @@ def _new_result(args: argparse.Namespace, settings: Settings, model_dir: Path, v
     return result
 
 
-def _finish(result: dict[str, Any], model_dir: Path, settings: Settings, args: argparse.Namespace) -> None:
+def _finish(result: dict[str, Any], model_dir: Path, settings: Settings) -> None:
+    """Facts known only at the end of a run: the served model's size, the load average."""
     model = resolve_model(model_dir, settings.model_variant.value)
-    size = sum(p.stat().st_size for p in model.onnx_path.parent.glob(model.onnx_path.name + "*"))
-    gpu = result["settings"]["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    result["settings"]["model_bytes"] = sum(
+        p.stat().st_size for p in model.onnx_path.parent.glob(model.onnx_path.name + "*")
+    )
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Ratios, targets and the CPU view from the measurements; then JSON, Markdown, plot and a summary."""
+    gpu = result["settings"]["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    full_size = result["settings"].get("model_bytes", 0) >= FULL_SIZE_BYTES
     result["ratios"] = ratios(result)
     result["extra"]["cpu_view"] = cpu_view(result)
-    result["targets"] = targets(result, full_size=size >= FULL_SIZE_BYTES, gpu=gpu)
+    result["targets"] = targets(result, full_size=full_size, gpu=gpu)
     result["targets_met"] = {t["name"]: t["met"] for t in result["targets"]}
     png = plot(result, Path(args.plot_dir) / f"bench-{result['settings']['label']}.png") if args.plot_dir else None
     if args.markdown:

@@ -41,11 +41,13 @@ def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, 
         "DFP_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "DFP_INPUT_TOPIC": topics[0],
         "DFP_OUTPUT_TOPIC": topics[1], "DFP_DLQ_TOPIC": topics[2], "DFP_GROUP_ID": group,
         "DFP_HTTP_HOST": "127.0.0.1", "DFP_HTTP_PORT": str(http_port), "DFP_LOG_FORMAT": "json",
-        "DFP_MODEL_DIR": str(settings.model_dir), "DFP_MODEL_VARIANT": settings.model_variant.value,
+        "DFP_MODEL_VARIANT": settings.model_variant.value,
         "DFP_PROVIDERS": settings.providers.value, "DFP_DECODE_WORKERS": str(settings.decode_workers),
         "DFP_MAX_BATCH_SIZE": str(settings.max_batch_size), "DFP_MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
         "DFP_MAX_IN_FLIGHT": str(settings.max_in_flight), "DFP_INFERENCE_THREADS": str(settings.inference_threads),
     })  # fmt: skip
+    if settings.model_dir is not None:
+        env["DFP_MODEL_DIR"] = str(settings.model_dir)
     return env
 
 
