@@ -36,6 +36,7 @@ class MicroBatcher:
         *,
         buckets: tuple[int, ...] = (),
         slo: SloController | None = None,
+        capacity_rows: int = 0,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -43,6 +44,7 @@ class MicroBatcher:
         # shapes it warmed (TensorRT engines, CUDA graphs); empty = dynamic batch size.
         self.buckets = tuple(sorted(b for b in buckets if b > 0))
         self.slo = slo
+        self.capacity_rows = capacity_rows or 2 * max_batch_size
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
         self._cond = threading.Condition()
@@ -57,12 +59,20 @@ class MicroBatcher:
         return self.slo.limit, self.slo.wait_s
 
     def put(self, item: InFlight) -> None:
+        """Hand in a decoded event; blocks the decode worker while `capacity_rows` decoded rows already wait.
+
+        The bound keeps decode from running far ahead of inference: decoded tensors (0.6 MB per 224×224
+        crop) would otherwise pile up to MAX_IN_FLIGHT of them, costing memory and queueing latency, while
+        undecoded events wait cheaply as bytes in the decode pool's queue.
+        """
         assert item.crops is not None
         with self._cond:
+            while self._ready_rows >= self.capacity_rows and not self._closed:
+                self._cond.wait()
             self._ready.append((time.monotonic(), item))
             self._ready_rows += len(item.crops)
             if self._ready_rows >= self._limits()[0] or len(self._ready) == 1:
-                self._cond.notify()
+                self._cond.notify_all()
 
     def __len__(self) -> int:
         with self._cond:
@@ -106,6 +116,7 @@ class MicroBatcher:
             items.append(self._ready.popleft()[1])
             rows += len(crops)
         self._ready_rows -= rows
+        self._cond.notify_all()  # room again for decode workers blocked in put()
         return items, rows
 
     def _stack(self, items: list[InFlight], rows: int, now: float) -> Batch:

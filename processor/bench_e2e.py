@@ -24,12 +24,13 @@ import numpy as np
 
 from processor.bench_inproc import StageRun
 from processor.bench_kafka import Output, OutputCollector
+from processor.broker import EMBEDDED_CLIENT_ENV
 from processor.settings import Settings
 
 MiB = 1024 * 1024
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Tansu joins a group in about half of session.timeout.ms (FACTS.md): keep the join to ~3 s.
-FAST_GROUP = {"DFP_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFP_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+FAST_GROUP = EMBEDDED_CLIENT_ENV
 
 
 def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, http_port: int) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Kafka-side bench helpers: read outputs and input timestamps back, and the naive one-at-a-time baseline.
 
-The baseline is the seed's design rebuilt from the processor's own classes: poll one message, decode it,
-infer it as a batch of one, produce the result, wait for the broker's ack, commit synchronously, repeat.
+The baseline is the seed's design rebuilt from the processor's own classes: poll one message, decode it at
+full resolution, infer it as a batch of one, produce the result, wait for the broker's ack, commit
+synchronously, repeat.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class NaiveBaseline:
         self.engine: Engine = load_engine(settings)
         pre = Preprocessor(self.engine.model.preprocess)
         self.engine.warm_up(pre.shape)
-        self.decoder = Decoder(pre, limits_of(settings), None)
+        # The seed decoded at full resolution (no JPEG DCT scaling); so does the baseline.
+        self.decoder = Decoder(pre, limits_of(settings), None, reduced_decode=False)
         self.output_topic, self.dlq_topic = output_topic, dlq_topic
         self.producer = Producer(producer_config(settings.bootstrap_servers, {}, 64 * MiB, None))
         self.consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-baseline",

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from processor.broker import EmbeddedBroker, create_topics, free_port
+from processor.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port
 from processor.produce import make_producer, send
 from processor.samples import sample_events
 
@@ -58,8 +58,7 @@ def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_
         DFP_HTTP_PORT=str(http_port),
         DFP_HTTP_HOST="127.0.0.1",
         DFP_GROUP_ID="deepfake-demo",
-        DFP_KAFKA_SESSION_TIMEOUT_MS="6000",
-        DFP_KAFKA_HEARTBEAT_INTERVAL_MS="500",
+        **EMBEDDED_CLIENT_ENV,
     )
     if model_dir:
         env["DFP_MODEL_DIR"] = model_dir

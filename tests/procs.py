@@ -20,10 +20,10 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from processor.broker import free_port
+from processor.broker import EMBEDDED_CLIENT_ENV, free_port
 
 # Tansu joins groups in ~half of session.timeout.ms; keep it short for every processor a test starts.
-FAST_GROUP = {"DFP_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFP_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+FAST_GROUP = EMBEDDED_CLIENT_ENV
 
 
 @dataclass

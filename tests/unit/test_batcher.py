@@ -47,7 +47,7 @@ def test_next_batch_times_out_with_none_when_empty() -> None:
 
 
 def test_order_is_fifo_across_batches_and_rows_match_items() -> None:
-    batcher = MicroBatcher(3, LONG_WAIT_S, SHAPE)
+    batcher = MicroBatcher(3, LONG_WAIT_S, SHAPE, capacity_rows=9)
     for i in range(9):
         batcher.put(_item(i))
     seen: list[int] = []
@@ -83,7 +83,7 @@ def test_rows_of_multi_crop_events_are_contiguous_slices() -> None:
 
 
 def test_lone_event_with_more_crops_than_max_batch_size_still_goes_out() -> None:
-    batcher = MicroBatcher(2, LONG_WAIT_S, SHAPE)
+    batcher = MicroBatcher(2, LONG_WAIT_S, SHAPE, capacity_rows=6)
     batcher.put(_item(5, crops=5))
     batcher.put(_item(6))
     batch = batcher.next_batch(timeout_s=LONG_WAIT_S)
@@ -111,3 +111,20 @@ def test_close_hands_out_what_is_left_without_waiting() -> None:
     batch = batcher.next_batch(timeout_s=LONG_WAIT_S)
     assert batch is not None and [it.offset for it in batch.items] == [1, 2]
     assert batcher.next_batch(timeout_s=LONG_WAIT_S) is None
+
+
+def test_put_blocks_decode_workers_while_the_ready_queue_is_full_and_resumes_after_a_take() -> None:
+    import threading
+
+    batcher = MicroBatcher(2, 0.0, SHAPE, capacity_rows=2)
+    batcher.put(_item(0))
+    batcher.put(_item(1))
+    third_in = threading.Event()
+    worker = threading.Thread(target=lambda: (batcher.put(_item(2)), third_in.set()), daemon=True)
+    worker.start()
+    assert not third_in.wait(0.2), "a third put must wait while 2 rows are ready"
+    first = batcher.next_batch(timeout_s=1.0)
+    assert first is not None and [i.offset for i in first.items] == [0, 1]
+    assert third_in.wait(2.0), "taking a batch makes room"
+    second = batcher.next_batch(timeout_s=1.0)
+    assert second is not None and [i.offset for i in second.items] == [2]
