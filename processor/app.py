@@ -41,26 +41,17 @@ MiB = 1024 * 1024
 def load_engine(settings: Settings, model_dir: Path | None = None, variant: str | None = None) -> Engine:
     model_dir = model_dir or settings.model_dir
     variant = variant or settings.model_variant.value
-    model: ModelFiles = resolve_model(model_dir, variant, gpu=gpu_provider_listed(settings.providers))
-    engine = Engine(
-        model,
-        settings.providers,
-        require_gpu=settings.require_gpu,
-        threads=settings.inference_threads,
-        fake_label=settings.fake_label,
-        threshold=settings.fake_threshold,
-    )
-    if not engine.gpu and model.variant == "fp16" and variant == "auto":
+
+    def open_engine(gpu: bool, wanted: str) -> Engine:
+        model: ModelFiles = resolve_model(model_dir, wanted, gpu=gpu)
+        return Engine(model, settings.providers, require_gpu=settings.require_gpu,
+                      threads=settings.inference_threads, fake_label=settings.fake_label,
+                      threshold=settings.fake_threshold)  # fmt: skip
+
+    engine = open_engine(gpu_provider_listed(settings.providers), variant)
+    if not engine.gpu and engine.model.variant == "fp16" and variant == "auto":
         # A GPU was listed but the session fell back to CPU: fp16 is the slow choice there, reload for CPU.
-        model = resolve_model(model_dir, "auto", gpu=False)
-        engine = Engine(
-            model,
-            settings.providers,
-            require_gpu=settings.require_gpu,
-            threads=settings.inference_threads,
-            fake_label=settings.fake_label,
-            threshold=settings.fake_threshold,
-        )
+        engine = open_engine(False, "auto")
     return engine
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from schemas.events import MAX_EVENT_ID_CHARS, SCHEMA_VERSION, FaceBox, FaceScore, ModelRef, StageTimings
+from schemas.events import MAX_EVENT_ID_CHARS, FaceBox, ScoreFields
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -40,22 +40,8 @@ class DetectBatchRequest(BaseModel):
     images: list[DetectRequest] = Field(min_length=1, description="At most DETECT_MAX_BATCH items")
 
 
-class DetectResult(BaseModel):
+class DetectResult(ScoreFields):
     """A /detect result: the SPEC §5 result without the Kafka-only `source`."""
-
-    schema_version: int = SCHEMA_VERSION
-    event_id: str
-    post_id: str | None = None
-    user_id: str | None = None
-    label: str
-    is_fake: bool
-    fake_score: float
-    scores: dict[str, float]
-    faces: list[FaceScore] | None = None
-    model: ModelRef
-    timings_ms: StageTimings
-    metadata: dict[str, Any] | None = None
-    processed_at: str
 
 
 class ErrorDetail(BaseModel):

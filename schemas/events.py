@@ -108,8 +108,8 @@ class FaceScore(BaseModel):
     label: str
 
 
-class ScoreResult(BaseModel):
-    """The result event (SPEC §5): exactly one per scored input event."""
+class ScoreFields(BaseModel):
+    """Every result field but the Kafka `source`: shared by the Kafka result and the /detect response."""
 
     schema_version: int = SCHEMA_VERSION
     event_id: str
@@ -121,10 +121,15 @@ class ScoreResult(BaseModel):
     scores: dict[str, float]
     faces: list[FaceScore] | None = None
     model: ModelRef
-    source: SourceRef
     timings_ms: StageTimings
     metadata: dict[str, Any] | None = None
     processed_at: str
+
+
+class ScoreResult(ScoreFields):
+    """The result event (SPEC §5): exactly one per scored input event."""
+
+    source: SourceRef
 
 
 class DeadLetterHeaders(BaseModel):
