@@ -166,7 +166,7 @@ def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
 def format_table(reports: Sequence[VariantReport]) -> str:
     """A Markdown table, one row per variant."""
     batch_sizes = sorted({b for r in reports for b in r.latency_ms})
-    head = ["variant", "file", "MB", "params", "input", "output", "opset", "max |Δprob|", "top-1 agree"]
+    head = ["variant", "file", "MB", "params", "input", "output", "opset", "max abs Δprob", "top-1 agree"]
     head += [f"b={b} ms" for b in batch_sizes]
     rows = [head, ["---"] * len(head)]
     for r in reports:

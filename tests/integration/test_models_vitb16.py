@@ -1,6 +1,7 @@
 """Full-size ViT-B/16: the derived variants match the seed's size table and fp16/int8 agree with fp32 on top-1.
 
-Slow: building, deriving and scoring 128 images with five 50–340 MB variants takes a few minutes on 2 cores.
+Slow: building, deriving and scoring 128 synthetic images (32 for the 4-bit variants) takes about 5 minutes
+on a 2-core AVX2 CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ SIZE_TOLERANCE = 0.10
 # the set: fp16 99.6 % (that one image, max |Δprob| 0.0003), int8 99.6 % (max |Δprob| 0.029); on 128 images
 # fp16 99.2 %, int8 100 %.
 SYNTHETIC_IMAGES = 128
+# The 4-bit variants are only checked on max |Δprob| (not top-1), for which 32 images suffice; a 128-image
+# pass of one ViT-B/16 variant costs about 75 s on this 2-core CPU.
+IMAGES_4BIT = 32
 MIN_TOP1_PCT = {"fp16": 99.0, "int8": 99.0}
 # Most images are top-1 Real on random weights, so top-1 agreement alone would pass a model stuck on Real;
 # the probability error is the sharper check (measured: fp16 0.0003, int8 0.03, q4 0.10, bnb4 0.10).
@@ -48,7 +52,8 @@ def probs(vitb16_dir: Path) -> Callable[[str], np.ndarray]:
 
     @functools.cache
     def of(variant: str) -> np.ndarray:
-        return predict(open_session(resolve_model(vitb16_dir, variant).onnx_path), images)
+        count = IMAGES_4BIT if variant in ("q4", "bnb4") else SYNTHETIC_IMAGES
+        return predict(open_session(resolve_model(vitb16_dir, variant).onnx_path), images[:count])
 
     return of
 
@@ -73,8 +78,9 @@ def test_variant_agrees_with_fp32_on_top1_for_at_least_99_percent(
 
 @pytest.mark.parametrize("variant", list(MAX_ABS_DPROB))
 def test_variant_probabilities_stay_close_to_fp32(probs: Callable[[str], np.ndarray], variant: str) -> None:
-    max_delta, agreement = compare(probs("fp32"), probs(variant))
-    assert np.isfinite(probs(variant)).all()
+    scored = probs(variant)
+    max_delta, agreement = compare(probs("fp32")[: len(scored)], scored)
+    assert np.isfinite(scored).all()
     assert max_delta < MAX_ABS_DPROB[variant], f"{variant}: max |Δprob| {max_delta:.4f}, top-1 {agreement:.1f} %"
 
 

@@ -51,7 +51,7 @@ def test_inspect_prints_a_table_and_writes_json_for_every_variant(
     argv = ["models", "inspect", str(tiny_dir), "--images", "8", "--runs", "1", "--batch-sizes", "1,4"]
     assert main([*argv, "--json", str(report)]) == 0
     table = capsys.readouterr().out
-    assert "| fp32 | model.onnx |" in table and "| b=4 ms |" in table
+    assert "| fp32 | model.onnx |" in table and "| b=4 ms |" in table and "max abs Δprob" in table
     data = json.loads(report.read_text())
     rows = {row["variant"]: row for row in data["variants"]}
     assert list(rows) == ["fp32", "fp16", "int8", "q4", "bnb4"]
