@@ -6,12 +6,11 @@ Nothing here imports `onnx`: the production image ships only onnxruntime.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.preprocess import PreprocessConfig, default_preprocess_config, load_preprocess_config
+from models.preprocess import PreprocessConfig, default_preprocess_config, load_preprocess_config, read_json
 from processor.errors import ConfigError
 
 # File names per variant, in the order they are looked for (transformers.js names int8 either way).
@@ -168,12 +167,7 @@ def _with_size(config: PreprocessConfig, height: int, width: int) -> PreprocessC
 
 def load_id2label(path: Path) -> dict[int, str]:
     """`id2label` from config.json as {index: label}, indices exactly 0..C-1."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read model config: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json(path, "model config")
     raw = data.get("id2label") if isinstance(data, dict) else None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: key 'id2label' is missing or not a non-empty object")

@@ -61,14 +61,19 @@ class PreprocessConfig:
         return (rescale / std).astype(np.float32), (-mean / std).astype(np.float32)
 
 
-def load_preprocess_config(path: Path) -> PreprocessConfig:
-    """Read and validate `preprocessor_config.json`; any problem is a ConfigError naming the file and key."""
+def read_json(path: Path, what: str) -> Any:
+    """A model directory's JSON file; unreadable or invalid → ConfigError naming the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read preprocessor config: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def load_preprocess_config(path: Path) -> PreprocessConfig:
+    """Read and validate `preprocessor_config.json`; any problem is a ConfigError naming the file and key."""
+    data = read_json(path, "preprocessor config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return parse_preprocess_config(data, str(path))
@@ -109,12 +114,8 @@ def _parse_size(data: Mapping[str, Any], source: str) -> tuple[int, int, int | N
     if _is_dimension(size):
         # Old-style HF configs: a plain int means resize to S×S.
         return size, size, None
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        return (
-            _dimension(size["height"], source, "size.height"),
-            _dimension(size["width"], source, "size.width"),
-            None,
-        )
+    if _is_height_width(size):
+        return (*_height_width(size, source, "size"), None)
     if isinstance(size, dict) and set(size) == {"shortest_edge"}:
         edge = _dimension(size["shortest_edge"], source, "size.shortest_edge")
         crop = data.get("crop_size")
@@ -122,14 +123,18 @@ def _parse_size(data: Mapping[str, Any], source: str) -> tuple[int, int, int | N
             return edge, edge, edge
         if _is_dimension(crop):
             return crop, crop, edge
-        if isinstance(crop, dict) and "height" in crop and "width" in crop:
-            return (
-                _dimension(crop["height"], source, "crop_size.height"),
-                _dimension(crop["width"], source, "crop_size.width"),
-                edge,
-            )
+        if _is_height_width(crop):
+            return (*_height_width(crop, source, "crop_size"), edge)
         raise ConfigError(f"{source}: key 'crop_size' must be an int or {{height, width}}, got {crop!r}")
     raise ConfigError(f"{source}: key 'size' must be an int, {{height, width}} or {{shortest_edge}}, got {size!r}")
+
+
+def _is_height_width(value: Any) -> bool:
+    return isinstance(value, dict) and "height" in value and "width" in value
+
+
+def _height_width(value: Mapping[str, Any], source: str, key: str) -> tuple[int, int]:
+    return _dimension(value["height"], source, f"{key}.height"), _dimension(value["width"], source, f"{key}.width")
 
 
 def _is_dimension(value: Any) -> bool:
