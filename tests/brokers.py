@@ -23,7 +23,7 @@ from typing import Protocol
 
 import pytest
 
-from processor.broker import broker_answers, free_port, log_tail
+from processor.broker import broker_answers, free_port, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +241,8 @@ class ApacheKafka:
     def stop(self, timeout_s: float = 30.0, *, kill: bool = False) -> None:
         """Stop the JVM by PID: SIGTERM (a clean shutdown), wait, then SIGKILL. `kill=True` crashes it."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("Kafka pid=%d still running %.0f s after SIGTERM; killing it", proc.pid, timeout_s)
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        if proc is not None:
+            stop_process(proc, timeout_s, sig=signal.SIGKILL if kill else signal.SIGTERM)
 
     def restart(self, *, kill: bool = False, timeout_s: float = 90.0) -> None:
         """Stop (or crash, with `kill`) and start again on the same ports and log dir; data survives."""

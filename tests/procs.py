@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from processor.broker import EMBEDDED_CLIENT_ENV, free_port
+from processor.broker import EMBEDDED_CLIENT_ENV, free_port, stop_process
 
 # Tansu joins groups in ~half of session.timeout.ms; keep it short for every processor a test starts.
 FAST_GROUP = EMBEDDED_CLIENT_ENV
@@ -81,12 +81,7 @@ class ProcessorProc:
 
     def stop(self, sig: int = SIGTERM, timeout_s: float = 40.0) -> int:
         assert self.proc is not None
-        self.signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        return stop_process(self.proc, timeout_s, sig=sig)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
