@@ -46,7 +46,8 @@ def load_engine(settings: Settings, model_dir: Path | None = None, variant: str 
         model: ModelFiles = resolve_model(model_dir, wanted, gpu=gpu)
         return Engine(model, settings.providers, require_gpu=settings.require_gpu,
                       threads=settings.inference_threads, fake_label=settings.fake_label,
-                      threshold=settings.fake_threshold)  # fmt: skip
+                      threshold=settings.fake_threshold, cuda_graphs=settings.cuda_graphs,
+                      batch_buckets=tuple(settings.batch_buckets))  # fmt: skip
 
     engine = open_engine(gpu_provider_listed(settings.providers), variant)
     if not engine.gpu and engine.model.variant == "fp16" and variant == "auto":
@@ -197,7 +198,11 @@ class Processor:
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
 
     def _warm_sizes(self) -> tuple[int, ...]:
-        """Every batch shape the engine will see when static buckets are set, else the extremes."""
+        """Every batch shape the engine will see when static buckets are set, else the extremes.
+
+        With DFP_CUDA_GRAPHS each bucket's graph is captured on its first run, so warming every bucket here is
+        what keeps the capture (seconds for a big model) before /readyz instead of on live traffic.
+        """
         return tuple(sorted({1, self.settings.max_batch_size, *self.settings.batch_buckets}))
 
     def _engine(self) -> Engine:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from models.loader import ModelFiles, fake_class_index
 from processor.errors import ConfigError
 from processor.settings import Providers
+from processor.static_binding import StaticBindings, TensorSpec
 from schemas import ModelRef
 
 log = logging.getLogger(__name__)
@@ -32,20 +33,28 @@ _WANTED: dict[Providers, tuple[str, ...]] = {
 TRT_CACHE_DIR = Path.home() / ".cache" / "deepfake-processor" / "trt"
 
 
-def _with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+def provider_options(
+    providers: list[str], *, cuda_graphs: bool = False, static_shapes: int = 0
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The `providers` argument of InferenceSession: each provider with the options we set for it.
+
+    CUDA graphs are asked of one provider only: ORT captures with a single EP, which must hold every compute node,
+    so with TensorRT leading, CUDA (which then holds only the nodes TensorRT refused) gets no graph option.
+    TensorRT keeps one graph per session (it ignores gpu_graph_id), so it captures only with one static shape.
+    """
     out: list[str | tuple[str, dict[str, str]]] = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
-            out.append(
-                (
-                    name,
-                    {
-                        "trt_fp16_enable": "True",
-                        "trt_engine_cache_enable": "True",
-                        "trt_engine_cache_path": str(TRT_CACHE_DIR),
-                    },
-                )
-            )
+            options = {
+                "trt_fp16_enable": "True",
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(TRT_CACHE_DIR),
+            }
+            if cuda_graphs and static_shapes == 1:
+                options["trt_cuda_graph_enable"] = "True"
+            out.append((name, options))
+        elif name == "CUDAExecutionProvider" and cuda_graphs and "TensorrtExecutionProvider" not in providers:
+            out.append((name, {"enable_cuda_graph": "1"}))
         else:
             out.append(name)
     return out
@@ -111,11 +120,16 @@ class Engine:
         threads: int = 0,
         fake_label: str | None = None,
         threshold: float = 0.5,
+        cuda_graphs: bool = False,
+        batch_buckets: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         names = tuple(model.id2label[i] for i in sorted(model.id2label))
         self.labels = Labels(names, fake_class_index(model.id2label, fake_label), threshold)
-        self.session = self._open(model.onnx_path, providers, threads)
+        buckets = tuple(sorted({b for b in batch_buckets if b > 0}))
+        if cuda_graphs and not buckets:
+            raise ConfigError("DFP_CUDA_GRAPHS=true needs DFP_BATCH_BUCKETS (one captured graph per static batch size)")
+        self.session = self._open(model.onnx_path, providers, threads, cuda_graphs, len(buckets))
         self.provider = self.session.get_providers()[0]
         self.gpu = self.provider in _GPU_PROVIDERS
         if require_gpu and not self.gpu:
@@ -129,6 +143,7 @@ class Engine:
         self.input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
         # On CUDA, bind inputs/outputs explicitly (one H2D copy, output straight to host memory).
         self._bind = self.provider == "CUDAExecutionProvider"
+        self.static = self._static_bindings(buckets) if cuda_graphs else None
         self.ref = ModelRef(name=model.name, variant=model.variant, provider=self.provider, sha256=model.sha256)
         log.info(
             "model loaded",
@@ -138,10 +153,46 @@ class Engine:
                 "provider": self.provider,
                 "sha256": model.sha256[:12],
                 "path": str(model.onnx_path),
+                "cuda_graphs": cuda_graphs,
             },
         )
 
-    def _open(self, path: Path, choice: Providers, threads: int) -> ort.InferenceSession:
+    def _static_bindings(self, buckets: tuple[int, ...]) -> StaticBindings:
+        if self.provider == "TensorrtExecutionProvider" and len(buckets) > 1:
+            log.warning(
+                "TensorRT keeps one CUDA graph per session; with several DFP_BATCH_BUCKETS it captures none "
+                "(DFP_PROVIDERS=cuda captures one per bucket); static per-bucket binding only",
+                extra={"buckets": list(buckets)},
+            )
+        elif not self.gpu:
+            log.warning(
+                "CUDA graphs need the CUDA provider; static per-bucket binding only", extra={"provider": self.provider}
+            )
+        return StaticBindings(
+            self.session,
+            (self.input_name, self.output_name),
+            buckets,
+            self._tensor_spec(),
+            device="cuda" if self.gpu else "cpu",
+            graph_ids=self.provider == "CUDAExecutionProvider",
+        )
+
+    def _tensor_spec(self) -> TensorSpec:
+        sample = self.session.get_inputs()[0].shape[1:]
+        output = next(o for o in self.session.get_outputs() if o.name == self.output_name)
+        classes = output.shape[1] if len(output.shape) == 2 else None
+        if not all(isinstance(d, int) for d in sample) or not isinstance(classes, int):
+            # Buffers are allocated up front, one per bucket, so every dimension but the batch must be fixed.
+            raise ConfigError(
+                "DFP_CUDA_GRAPHS=true needs a model with a fixed input size and class count "
+                f"(input {self.session.get_inputs()[0].shape}, output {output.shape})"
+            )
+        out_dtype = np.float16 if output.type == "tensor(float16)" else np.float32
+        return TensorSpec(tuple(sample), self.input_dtype, classes, out_dtype)
+
+    def _open(
+        self, path: Path, choice: Providers, threads: int, cuda_graphs: bool, static_shapes: int
+    ) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -155,7 +206,8 @@ class Engine:
         if choice is not Providers.AUTO and choice is not Providers.CPU and wanted == ["CPUExecutionProvider"]:
             log.warning("requested provider is not available; falling back to CPU", extra={"requested": choice.value})
         try:
-            return ort.InferenceSession(str(path), sess_options=options, providers=_with_options(wanted))
+            providers = provider_options(wanted, cuda_graphs=cuda_graphs, static_shapes=static_shapes)
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the model cannot serve
             raise ConfigError(f"DFP_MODEL_DIR: cannot load {path}: {str(exc)[:500]}") from None
 
@@ -171,9 +223,12 @@ class Engine:
         """NCHW float32 batch → (N, C) probabilities. Raises whatever ORT raises; the scorer isolates it."""
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-        logits = (
-            self._run_bound(batch) if self._bind else self.session.run([self.output_name], {self.input_name: batch})[0]
-        )
+        if self.static is not None:
+            logits = self.static.run(batch)
+        elif self._bind:
+            logits = self._run_bound(batch)
+        else:
+            logits = self.session.run([self.output_name], {self.input_name: batch})[0]
         if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
             raise RuntimeError(f"model returned logits of shape {logits.shape} for a batch of {batch.shape[0]}")
         return probabilities(logits)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     batch_buckets: CommaInts = Field(
         [], description="Static batch shapes: pad each batch to the next of these sizes (warmed); empty = dynamic"
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="Capture one CUDA graph per DFP_BATCH_BUCKETS size during warm-up and replay it (CUDA provider; "
+        "needs buckets)",
+    )
     max_in_flight: int = Field(1024, ge=1, description="Events consumed but not committed; above it, pause")
     decode_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Decode/preprocess threads"
@@ -130,6 +135,21 @@ class Settings(BaseSettings):
         if clash:
             raise ValueError(
                 f"DFP_OUTPUT_TOPIC / DFP_DLQ_TOPIC must not also be an input topic (DFP_INPUT_TOPIC): {sorted(clash)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cuda_graphs_need_buckets(self) -> Settings:
+        # A CUDA graph replays one fixed input shape, so every batch must be padded to a bucket it was captured for.
+        if not self.cuda_graphs:
+            return self
+        buckets = [b for b in self.batch_buckets if b > 0]
+        if not buckets:
+            raise ValueError("DFP_CUDA_GRAPHS=true needs DFP_BATCH_BUCKETS (one captured graph per static batch size)")
+        if max(buckets) < self.max_batch_size:
+            raise ValueError(
+                f"DFP_CUDA_GRAPHS=true needs a DFP_BATCH_BUCKETS size >= DFP_MAX_BATCH_SIZE ({self.max_batch_size}) "
+                f"so every batch fits a captured shape (largest bucket: {max(buckets)})"
             )
         return self
 

@@ -31,3 +31,23 @@ def test_static_buckets_and_latency_target_score_every_event_once(
     assert "deepfake_batch_limit " in metrics and "deepfake_batch_wait_seconds " in metrics
     sizes = [line for line in metrics.splitlines() if line.startswith("deepfake_batch_size_count")]
     assert sizes and float(sizes[0].split()[-1]) > 0
+
+
+def test_cuda_graphs_mode_on_cpu_serves_through_static_bindings_and_scores_every_event_once(
+    tansu, topic_factory, group_id, processor_factory
+) -> None:  # type: ignore[no-untyped-def]
+    # No GPU here: the setting keeps only the per-bucket bound buffers, which is still the path every batch takes.
+    topic_in, topic_out, dlq = (topic_factory(tansu.bootstrap, 2, p) for p in ("in", "out", "dlq"))
+    env = processor_env(
+        tansu.bootstrap, topic_in, topic_out, dlq, group_id, batch_buckets="1,4,8,32", cuda_graphs="true",
+        providers="cpu",
+    )  # fmt: skip
+    proc = processor_factory(env)
+    producer = Producer({"bootstrap.servers": tansu.bootstrap, "linger.ms": 5})
+    for event in sample_events(N, seed=6, prefix="cg"):
+        producer.produce(topic_in, value=event.value, key=event.key, headers=event.headers or None)
+    producer.flush(30)
+    outputs = read_topics(tansu.bootstrap, [topic_out, dlq], 2, N, timeout_s=60, settle_s=1.0)
+    ids = [json.loads(m.value())["event_id"] for m in outputs if m.topic() == topic_out]
+    assert sorted(ids) == sorted({f"cg-{i}" for i in range(N)})
+    assert "static per-bucket binding only" in proc.log_path.read_text()

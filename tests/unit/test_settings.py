@@ -162,3 +162,24 @@ def test_output_topic_equal_to_an_input_topic_is_refused(monkeypatch: pytest.Mon
         load_settings()
     message = str(info.value)
     assert clashing in message and "DFP_INPUT_TOPIC" in message and "in-b" in message
+
+
+def test_cuda_graphs_without_batch_buckets_is_refused_naming_both_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DFP_CUDA_GRAPHS", "true")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "DFP_CUDA_GRAPHS" in str(info.value) and "DFP_BATCH_BUCKETS" in str(info.value)
+
+
+def test_cuda_graphs_need_a_bucket_as_large_as_the_batch_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DFP_CUDA_GRAPHS", "true")
+    monkeypatch.setenv("DFP_BATCH_BUCKETS", "1,8,16")
+    with pytest.raises(ConfigError, match="DFP_MAX_BATCH_SIZE"):
+        load_settings()
+    monkeypatch.setenv("DFP_MAX_BATCH_SIZE", "16")
+    s = load_settings()
+    assert s.cuda_graphs is True and s.batch_buckets == [1, 8, 16]
+
+
+def test_cuda_graphs_are_off_by_default() -> None:
+    assert load_settings().cuda_graphs is False
