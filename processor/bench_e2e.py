@@ -8,26 +8,21 @@ processor's RSS (and GPU memory when NVML sees a GPU) is sampled the whole time 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from processor.bench_inproc import StageRun
 from processor.bench_kafka import Output, OutputCollector
-from processor.broker import EMBEDDED_CLIENT_ENV, stop_process
+from processor.broker import EMBEDDED_CLIENT_ENV
+from processor.runner import PROJECT_ROOT, ProcessorProcess  # bench_stages imports ProcessorProcess from here
 from processor.settings import Settings
 
 MiB = 1024 * 1024
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Tansu joins a group in about half of session.timeout.ms (FACTS.md): keep the join to ~3 s.
 FAST_GROUP = EMBEDDED_CLIENT_ENV
 
@@ -49,56 +44,6 @@ def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, 
     if settings.model_dir is not None:
         env["DFP_MODEL_DIR"] = str(settings.model_dir)
     return env
-
-
-@dataclass
-class ProcessorProcess:
-    """One `python -m processor run` child; always stopped by its own PID."""
-
-    env: dict[str, str]
-    log_path: Path
-    http_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run"], env=self.env, cwd=PROJECT_ROOT,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def get(self, path: str, timeout_s: float = 2.0) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), ""
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"processor exited during start-up:\n{self.log_tail()}")
-            try:
-                if self.get("/readyz", 1.0)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"processor not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout_s: float = 40.0) -> int | None:
-        """SIGTERM (drain, commit, leave the group), then SIGKILL if it overstays; returns the exit code."""
-        return None if self.proc is None else stop_process(self.proc, timeout_s)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 class ResourceSampler:
@@ -204,9 +149,10 @@ def scrape_metrics(proc: ProcessorProcess) -> dict[str, float]:
     """Mean per-stage latency (ms) and mean batch size from the processor's /metrics histograms."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, text = proc.get("/metrics", 5.0)
+    status, body = proc.get("/metrics", 5.0)
     if status != 200:
         return {}
+    text = body.decode()
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -1,0 +1,93 @@
+"""One `python -m processor run` child process: start it, ask its HTTP port, wait until ready, stop it by PID.
+
+Shared by the bench (`processor.bench_e2e`) and the integration tests (`tests/procs.py`), so both drive the
+real service the same way.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from processor.broker import stop_process
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ProcessorProcess:
+    """One `python -m processor run` child, logging to `log_path`; always stopped by its own PID."""
+
+    env: dict[str, str]
+    log_path: Path
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    # The project root, so `-m processor` imports this checkout whatever the caller's directory.
+    cwd: Path = PROJECT_ROOT
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self) -> Self:
+        """Start the child with stdout and stderr appended to `log_path`."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run", *self.extra_args], env=self.env,
+                                         cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the processor was never started")
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        """GET `path` on the HTTP port: (status, body), error statuses included; OSError if nothing answers."""
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Poll /readyz until 200; fail at once, with the log's tail, if the child exits first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive:
+                code = None if self.proc is None else self.proc.returncode
+                raise RuntimeError(f"processor exited with {code} during start-up:\n{self.log_tail()}")
+            if self._ready():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"processor not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def _ready(self) -> bool:
+        try:
+            return self.get("/readyz", timeout=1.0)[0] == 200
+        except OSError:  # the HTTP server is not listening yet
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40.0) -> int | None:
+        """Send `sig` (SIGTERM: drain, commit, leave the group), SIGKILL if it overstays; the exit code.
+
+        None when it was never started.
+        """
+        return None if self.proc is None else stop_process(self.proc, timeout_s, sig=sig)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
