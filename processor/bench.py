@@ -2,8 +2,9 @@
 
 Stages (skip any with --skip): decode (DecodePool alone), model (Engine.infer per variant and batch size),
 pipeline (decode + batch + score in process), baseline (the naive one-message-at-a-time loop), e2e (the real
-processor subprocess draining a backlog on the embedded broker) and latency (paced load at 25/50/75 % of the
-e2e rate). Writes --json, a Markdown section between markers in --markdown, and a PNG into --plot-dir.
+processor subprocess draining a backlog on the embedded broker), latency (paced load at 25/50/75 % of the
+e2e rate) and slo (roomy fixed batching vs the same bounds under DFP_LATENCY_TARGET_MS: saturated throughput and
+p99 at 50/75 % load). Writes --json, a Markdown section between markers in --markdown, and a PNG into --plot-dir.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from processor.bench_stages import QUICK, Durations, parse_sizes, progress, run_
 from processor.bench_workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from processor.settings import Settings, load_settings
 
-STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency")
+STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency", "slo")
 DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
 FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the full-size (ViT-B/16) targets
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark decode, model, pipeline, baseline, end to end and latency",
+    p = sub.add_parser("bench", help="benchmark every stage, decode to Kafka end to end, latency and SLO batching",
                        description=__doc__)  # fmt: skip
     p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
     p.add_argument("--arch", choices=("vit-tiny", "vit-b16"), default=None,
@@ -49,6 +50,10 @@ def register(sub: Any) -> None:
     p.add_argument("--e2e-events", type=int, default=0, help="backlog size (default: from --e2e-seconds)")
     p.add_argument("--latency-seconds", type=float, default=None, help="per load level (default 10)")
     p.add_argument("--baseline-seconds", type=float, default=None, help="baseline run time (default 10)")
+    p.add_argument("--latency-target-ms", type=float, default=None,
+                   help="slo stage: the p99 target (default: 3x the p99 at 25 %% load, at least 50)")  # fmt: skip
+    p.add_argument("--slo-max-batch-size", type=int, default=None, help="slo stage: batch bound (default 2x MAX)")
+    p.add_argument("--slo-max-wait-ms", type=float, default=None, help="slo stage: wait bound (default 10x MAX)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes (tests, CI)")
     p.add_argument("--skip", type=_csv, default=[], help=f"stages to skip: {','.join(STAGES)}")
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
@@ -88,8 +93,8 @@ def run_bench(args: argparse.Namespace) -> int:
     events = list(iter_events(64, parse_sizes(args.sizes), args.formats))
     with progress(len(todo), args.no_progress) as bar:
         settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
-        if {"baseline", "e2e", "latency"} & set(todo):
-            run_kafka(todo, settings, _durations(args), result, bar, args)
+        if {"baseline", "e2e", "latency", "slo"} & set(todo):
+            run_kafka(todo, settings, events, _durations(args), result, bar, args)
     _finish(result, model_dir, settings)
     _report(result, args)
     return 0

@@ -142,7 +142,7 @@ def _measure(result: dict[str, Any], measure: str) -> float | None:
 
 def targets(result: dict[str, Any], *, full_size: bool, gpu: bool) -> list[dict[str, Any]]:
     """The issue's targets for this model and device; `met` is None when a stage was skipped or elsewhere."""
-    out = []
+    out = _slo_targets(result, gpu)
     for device, name, measure, comparison, threshold in _target_rows(full_size):
         here = (device == "gpu") == gpu
         value = _measure(result, measure) if here else None
@@ -154,6 +154,22 @@ def targets(result: dict[str, Any], *, full_size: bool, gpu: bool) -> list[dict[
             note = "not measured (a stage was skipped)"
         out.append({"name": name, "device": device, "ratio": measure, "comparison": comparison,
                     "threshold": threshold, "value": value, "met": met, "note": note})  # fmt: skip
+    return out
+
+
+def _slo_targets(result: dict[str, Any], gpu: bool) -> list[dict[str, Any]]:
+    """SLO batching keeps p99 under its target at 50 % and 75 % load (wherever the bench runs)."""
+    slo = result.get("slo")
+    if not slo or "slo" not in slo["configs"]:
+        return []
+    target = float(slo["plan"]["latency_target_ms"])
+    out = []
+    for load, row in slo["configs"]["slo"]["latency"].items():
+        value = row.get("p99_ms")
+        out.append({"name": f"slo_p99_le_target_at_{load}pct_load", "device": "gpu" if gpu else "cpu",
+                    "ratio": f"SLO p99 at {load} % load (ms)", "comparison": "<=", "threshold": target,
+                    "value": value, "met": None if value is None else value <= target,
+                    "note": "" if value is not None else "not measured"})  # fmt: skip
     return out
 
 
@@ -194,7 +210,7 @@ def markdown(result: dict[str, Any], plot: Path | None, markdown_path: Path) -> 
         f"MAX_IN_FLIGHT={s['max_in_flight']}, partitions={s['partitions']}, e2e events={s.get('e2e_events')}",
         f"- Images: {s['sizes']} ({s['formats']}); {s['mix']}", "",
         *_headline(result), "", *_cpu_lines(result), "", *_model_table(result), "", *_latency_table(result), "",
-        *_targets_table(result),
+        *slo_table(result), "", *_targets_table(result),
     ]  # fmt: skip
     if plot is not None:
         lines += ["", f"![{s['label']} bench]({os.path.relpath(plot, markdown_path.parent)})"]
@@ -273,6 +289,48 @@ def _latency_table(result: dict[str, Any]) -> list[str]:
         cells = [fmt(row.get(k)) for k in keys]
         out.append(f"| {load} % of e2e max | " + " | ".join(cells) + f" | {row['events']} |")
     return out
+
+
+def slo_table(result: dict[str, Any]) -> list[str]:
+    slo = result.get("slo")
+    if not slo:
+        return ["SLO-adaptive batching: not measured."]
+    plan, s = slo["plan"], result["settings"]
+    target = plan["latency_target_ms"]
+    loads = sorted({load for row in slo["configs"].values() for load in row["latency"]}, key=int)
+    out = [f"SLO-adaptive batching (p99 target {fmt(target)} ms; loads are % of the e2e max, "
+           f"{fmt(slo['reference_images_per_s'])} images/s; each latency level after {WARM_UP_NOTE}):", "",
+           "| batching | max batch | max wait ms | saturated images/s | "
+           + " | ".join(f"p99 at {load} % (ms)" for load in loads) + " | target met | batch limit / wait at end |",
+           "|---|---:|---:|---:|" + "---:|" * len(loads) + "---|---|"]  # fmt: skip
+    default = {load: ((result.get("latency") or {}).get(load) or {}).get("p99_ms") for load in loads}
+    if result.get("e2e_images_per_s") is not None:
+        cells = " | ".join(fmt(default[load]) for load in loads)
+        out.append(f"| fixed, the bench's settings (e2e and latency above) | {s['max_batch_size']} | "
+                   f"{s['max_batch_wait_ms']} | {fmt(result['e2e_images_per_s'])} | {cells} | "
+                   f"{_met_text(default.values(), target)} | — |")  # fmt: skip
+    names = {"fixed": "fixed, roomy bounds", "slo": f"**SLO-adaptive** (DFP_LATENCY_TARGET_MS={fmt(target)})"}
+    for config, row in slo["configs"].items():
+        p99 = [row["latency"].get(load, {}).get("p99_ms") for load in loads]
+        end = (
+            "—"
+            if config != "slo"
+            else f"{fmt(row.get('final_batch_limit'), 0)} / {fmt(row.get('final_batch_wait_ms'))} ms"
+        )
+        out.append(f"| {names.get(config, config)} | {plan['max_batch_size']} | {plan['max_batch_wait_ms']} | "
+                   f"{fmt(row['images_per_s'])} | " + " | ".join(fmt(v) for v in p99)
+                   + f" | {_met_text(p99, target)} | {end} |")  # fmt: skip
+    return out
+
+
+WARM_UP_NOTE = "a few seconds of the same paced load that are not counted"
+
+
+def _met_text(p99s: Any, target: float) -> str:
+    values = list(p99s)
+    if any(v is None for v in values):
+        return "—"
+    return "yes" if all(v <= target for v in values) else "**no**"
 
 
 def _targets_table(result: dict[str, Any]) -> list[str]:

@@ -8,13 +8,19 @@ and stop both by PID whatever happens.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import Producer
 
 from models.loader import resolve_model
 from processor import bench_inproc as inproc
@@ -31,7 +37,8 @@ from processor.bench_e2e import (
 )
 from processor.bench_kafka import NaiveBaseline, OutputCollector, input_timestamps
 from processor.bench_report import model_only_best
-from processor.bench_workload import iter_events
+from processor.bench_workload import relabelled
+from processor.samples import SampleEvent
 from processor.settings import Settings, Variant
 
 LOAD_PERCENTS = (25, 50, 75)
@@ -47,9 +54,11 @@ class Durations:
     baseline_s: float = 10.0
     e2e_s: float = 20.0
     latency_s: float = 10.0
+    slo_s: float = 10.0  # saturated run of each SLO configuration
+    warm_up_s: float = 3.0  # paced events sent but not counted before an SLO latency measurement
 
 
-QUICK = Durations(0.5, 0.1, 1.0, 1.5, 2.0, 1.5)
+QUICK = Durations(0.5, 0.1, 1.0, 1.5, 2.0, 1.5, 1.0, 0.5)
 MIN_LATENCY_EVENTS = 10
 
 
@@ -118,30 +127,32 @@ def _served(settings: Settings, result: dict[str, Any], args: argparse.Namespace
     return settings
 
 
-def run_kafka(todo: list[str], settings: Settings, d: Durations, result: dict[str, Any], bar: Any,
-               args: argparse.Namespace) -> None:  # fmt: skip
-    """baseline, e2e, latency against an embedded broker the bench starts and stops (by PID)."""
+def run_kafka(todo: list[str], settings: Settings, pool: list[SampleEvent], d: Durations, result: dict[str, Any],
+              bar: Any, args: argparse.Namespace) -> None:  # fmt: skip
+    """baseline, e2e, latency, slo against an embedded broker the bench starts and stops (by PID)."""
     from processor.broker import EmbeddedBroker, create_topics
-    from processor.produce import make_producer, send
 
     workdir = Path(tempfile.mkdtemp(prefix="dfp-bench-"))
     uid = uuid.uuid4().hex[:8]
-    t = {k: f"bench-{k}-{uid}" for k in ("backlog", "paced", "out", "dlq", "base-out", "base-dlq")}
+    t = {k: f"bench-{k}-{uid}" for k in ("backlog", "out", "dlq", "base-out", "base-dlq")}
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         create_topics(broker.bootstrap, list(t.values()), partitions=args.partitions)
         s = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
         n = args.e2e_events or max(2 * s.max_batch_size, round(d.e2e_s * _estimate(result)))
         result["settings"]["e2e_events"] = n
-        if {"baseline", "e2e"} & set(todo):
-            bar.set_description(f"producing {n} events")
-            events = iter_events(n, parse_sizes(args.sizes), args.formats, prefix="e2e")
-            send(make_producer(broker.bootstrap), t["backlog"], events, total=n, progress=not args.no_progress)
+        run = KafkaRun(s, pool, d, result, bar, args, workdir, broker.pid, uid)
+        if {"baseline", "e2e", "latency"} & set(todo):
+            run.backlog(t["backlog"], n, "e2e")
         if "baseline" in todo:
             bar.set_description("baseline")
-            run = NaiveBaseline(s, t["base-out"], t["base-dlq"]).run(t["backlog"], args.partitions, n, d.baseline_s)
-            record(result, "baseline", run, bar)
+            base = NaiveBaseline(s, t["base-out"], t["base-dlq"]).run(t["backlog"], args.partitions, n, d.baseline_s)
+            record(result, "baseline", base, bar)
         if {"e2e", "latency"} & set(todo):
-            _run_processor(todo, s, t, n, d, result, bar, args, workdir, broker.pid)
+            run.e2e_and_latency(todo, (t["backlog"], t["out"], t["dlq"]), n)
+        if "slo" in todo:
+            per_config = [f"{t[k]}-{c}" for c in SLO_CONFIGS for k in ("backlog", "out", "dlq")]
+            create_topics(broker.bootstrap, per_config, partitions=args.partitions)
+            run_slo(run, t, n)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -154,86 +165,198 @@ def _estimate(result: dict[str, Any]) -> float:
     return float(min(known)) if known else 50.0
 
 
-def _run_processor(todo: list[str], s: Settings, t: dict[str, str], n: int, d: Durations, result: dict[str, Any],
-                   bar: Any, args: argparse.Namespace, workdir: Path, broker_pid: int | None) -> None:  # fmt: skip
-    from processor.broker import free_port
+@dataclass
+class KafkaRun:
+    """What the Kafka stages share: settings, the event pool, the broker, and where results go."""
 
-    topic = t["backlog"] if "e2e" in todo else t["paced"]
-    port = free_port()
-    env = processor_env(s, (topic, t["out"], t["dlq"]), f"bench-{t['out']}", port)
-    proc = ProcessorProcess(env, workdir / "processor.log", port)
-    collector = OutputCollector(s.bootstrap_servers, [t["out"], t["dlq"]], args.partitions)
-    bar.set_description("starting the processor")
-    proc.start()
-    assert proc.proc is not None
-    sampler = ResourceSampler(proc.proc.pid).start()
-    try:
-        proc.wait_ready()
-        if "e2e" in todo:
-            _stage_e2e(proc, collector, sampler, n, result, bar, broker_pid)
-        if "latency" in todo:
-            _stage_latency(proc, collector, s.bootstrap_servers, topic, d, result, bar, args)
-    finally:
-        code = proc.stop()
-        sampler.stop()
-        collector.close()
-        if code not in (0, None):
-            print(f"bench: the processor exited with {code}; log: {proc.log_path}\n{proc.log_tail()}")
-    result["peak_rss_mb"] = round(sampler.peak_rss_mb, 1)
-    result["gpu_memory_mb"] = None if sampler.peak_gpu_mb is None else round(sampler.peak_gpu_mb, 1)
+    s: Settings
+    pool: list[SampleEvent]
+    d: Durations
+    result: dict[str, Any]
+    bar: Any
+    args: argparse.Namespace
+    workdir: Path
+    broker_pid: int | None
+    uid: str
+
+    @functools.cached_property
+    def producer(self) -> Producer:
+        """One producer for every stage: a new one spends its first ~0.5 s connecting and getting an
+        idempotent producer id, which a paced run would count as latency of its first events."""
+        from processor.produce import make_producer
+
+        producer = make_producer(self.s.bootstrap_servers)
+        producer.list_topics(timeout=10)
+        return producer
+
+    def backlog(self, topic: str, n: int, prefix: str) -> None:
+        from processor.produce import send
+
+        self.bar.set_description(f"producing {n} events")
+        send(self.producer, topic, relabelled(self.pool, n, prefix), total=n, progress=not self.args.no_progress)
+
+    @contextmanager
+    def processor(self, topics: tuple[str, str, str], name: str,
+                  overrides: dict[str, str] | None = None) -> Iterator[Running]:  # fmt: skip
+        """A processor subprocess on `topics` (input, output, DLQ) with an output reader; stopped by PID."""
+        from processor.broker import free_port
+
+        port = free_port()
+        env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
+        proc = ProcessorProcess(env, self.workdir / f"processor-{name}.log", port)
+        collector = OutputCollector(self.s.bootstrap_servers, topics[1:], self.args.partitions)
+        self.bar.set_description(f"starting the processor ({name})")
+        proc.start()
+        assert proc.proc is not None
+        sampler = ResourceSampler(proc.proc.pid).start()
+        try:
+            proc.wait_ready()
+            yield Running(proc, collector, sampler, topics[0])
+        finally:
+            code = proc.stop()
+            sampler.stop()
+            collector.close()
+            if code not in (0, None):
+                print(f"bench: the processor exited with {code}; log: {proc.log_path}\n{proc.log_tail()}")
+
+    def e2e_and_latency(self, todo: list[str], topics: tuple[str, str, str], n: int) -> None:
+        with self.processor(topics, "main") as running:
+            if "e2e" in todo:
+                _stage_e2e(running, n, self.result, self.bar, self.broker_pid)
+            if "latency" in todo:
+                reference = self.result.get("e2e_images_per_s") or _estimate(self.result)
+                self.result["latency"] = {}
+                for pct in LOAD_PERCENTS:
+                    row = self.latency_at(running, reference * pct / 100.0, f"lat{pct}")
+                    self.result["latency"][str(pct)] = {"load_fraction": pct / 100.0, **row}
+                self.bar.update(1)
+        self.result["peak_rss_mb"] = round(running.sampler.peak_rss_mb, 1)
+        gpu = running.sampler.peak_gpu_mb
+        self.result["gpu_memory_mb"] = None if gpu is None else round(gpu, 1)
+
+    def latency_at(self, running: Running, rate: float, prefix: str, *, warm_up: bool = False) -> dict[str, Any]:
+        """Send events paced at `rate`; output timestamp − input timestamp percentiles, and the split.
+
+        With `warm_up`, the first `Durations.warm_up_s` of events (ids `<prefix>w-…`) are sent at the same
+        rate but not counted: an adaptive batcher is measured in its steady state, not while it adapts.
+        """
+        from processor.produce import send
+
+        count = max(MIN_LATENCY_EVENTS, round(rate * self.d.latency_s))
+        warm = round(rate * self.d.warm_up_s) if warm_up else 0
+        self.bar.set_description(f"latency {prefix} ({rate:.1f}/s)")
+        bootstrap, partitions = self.s.bootstrap_servers, self.args.partitions
+        events = itertools.chain(relabelled(self.pool, warm, prefix + "w"), relabelled(self.pool, count, prefix))
+        sent = send(self.producer, running.topic, events, rate=rate, total=warm + count)
+        outputs = wait_for_outputs(running.collector, prefix + "-", count, running.proc, max(120.0, 4 * count / rate))
+        stamps = input_timestamps(bootstrap, running.topic, partitions, {(o.partition, o.offset) for o in outputs})
+        latencies = [float(o.timestamp_ms - stamps[(o.partition, o.offset)]) for o in outputs
+                     if (o.partition, o.offset) in stamps]  # fmt: skip
+        inside = timing_summary(outputs)
+        row = {"offered_per_s": round(rate, 2), "sent_per_s": sent["events_per_s"], "events": len(latencies),
+               **latency_percentiles(latencies), "processor_total_p50_ms": inside.get("total", {}).get("p50"),
+               "processor_queue_p50_ms": inside.get("queue", {}).get("p50")}  # fmt: skip
+        self.bar.write(f"latency {prefix}: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms")
+        return row
 
 
-def _stage_e2e(proc: ProcessorProcess, collector: OutputCollector, sampler: ResourceSampler, n: int,
-               result: dict[str, Any], bar: Any, broker_pid: int | None) -> None:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Running:
+    proc: ProcessorProcess
+    collector: OutputCollector
+    sampler: ResourceSampler
+    topic: str
+
+
+def _stage_e2e(running: Running, n: int, result: dict[str, Any], bar: Any, broker_pid: int | None) -> None:
     import psutil
 
     bar.set_description("end to end")
-    probes = {"processor": sampler.cpu_seconds}
+    probes = {"processor": running.sampler.cpu_seconds}
     if broker_pid is not None:
         broker = psutil.Process(broker_pid)
         probes["broker"] = lambda: float(sum(broker.cpu_times()[:2]))
     cpu = CpuWindow(probes)
     with progress(n, bar.disable, desc="e2e outputs", unit="ev", leave=False) as inner:
         timeout = max(180.0, 10.0 * n / _estimate(result))
-        outputs = wait_for_outputs(collector, "e2e-", n, proc, timeout, lambda k: inner.update(k - inner.n))
+        outputs = wait_for_outputs(running.collector, "e2e-", n, running.proc, timeout,
+                                   lambda k: inner.update(k - inner.n))  # fmt: skip
     used = cpu.used()
     run = replace(e2e_run(outputs), cpu_s=used["processor"])
     result["extra"].update(e2e_seconds=round(run.seconds, 2), e2e_cpu_cores=cpu.cores(run.seconds),
-                           result_timings_ms=timing_summary(outputs), processor_metrics=scrape_metrics(proc),
+                           result_timings_ms=timing_summary(outputs),
+                           processor_metrics=scrape_metrics(running.proc),
                            e2e_dead_letters=sum(o.dead_letter for o in outputs))  # fmt: skip
     record(result, "e2e", run, bar)
 
 
-def _stage_latency(proc: ProcessorProcess, collector: OutputCollector, bootstrap: str, topic: str, d: Durations,
-                   result: dict[str, Any], bar: Any, args: argparse.Namespace) -> None:  # fmt: skip
-    reference = result.get("e2e_images_per_s") or _estimate(result)
-    result["latency"] = {}
-    for pct in LOAD_PERCENTS:
-        rate = reference * pct / 100.0
-        bar.set_description(f"latency at {pct} % ({rate:.1f}/s)")
-        row = _latency_at(proc, collector, bootstrap, topic, rate, max(MIN_LATENCY_EVENTS, round(rate * d.latency_s)),
-                          f"lat{pct}", args)  # fmt: skip
-        result["latency"][str(pct)] = {"load_fraction": pct / 100.0, **row}
-        bar.write(f"latency at {pct} %: p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms")
-    bar.update(1)
+SLO_CONFIGS = ("fixed", "slo")
+SLO_LOADS = (50, 75)
 
 
-def _latency_at(proc: ProcessorProcess, collector: OutputCollector, bootstrap: str, topic: str, rate: float,
-                count: int, prefix: str, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
-    """Send `count` events paced at `rate`; output timestamp − input timestamp percentiles, and the split."""
-    from processor.produce import make_producer, send
+def slo_plan(settings: Settings, args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """The SLO comparison's bounds and target: throughput-leaning bounds, and a p99 target under them.
 
-    events = iter_events(count, parse_sizes(args.sizes), args.formats, prefix=prefix)
-    sent = send(make_producer(bootstrap), topic, events, rate=rate, total=count)
-    outputs = wait_for_outputs(collector, prefix + "-", count, proc, max(120.0, 4 * count / rate))
-    stamps = input_timestamps(bootstrap, topic, args.partitions, {(o.partition, o.offset) for o in outputs})
-    latencies = [float(o.timestamp_ms - stamps[(o.partition, o.offset)]) for o in outputs
-                 if (o.partition, o.offset) in stamps]  # fmt: skip
-    inside = timing_summary(outputs)
-    # timings_ms.total runs from the poll that returned the event to its result: the rest is Kafka's share.
-    return {"offered_per_s": round(rate, 2), "sent_per_s": sent["events_per_s"], "events": len(latencies),
-            **latency_percentiles(latencies), "processor_total_p50_ms": inside.get("total", {}).get("p50"),
-            "processor_queue_p50_ms": inside.get("queue", {}).get("p50")}  # fmt: skip
+    Both configurations get the same roomy bounds (a big batch and a long wait buy throughput); only one
+    adapts them to the target. The default target is 3× the p99 the default settings reached at 25 % load
+    (what the pipeline can do when nothing queues), at least 50 ms.
+    """
+    max_batch = args.slo_max_batch_size or 2 * settings.max_batch_size
+    max_wait = args.slo_max_wait_ms or 10 * settings.max_batch_wait_ms
+    target = args.latency_target_ms
+    if not target:
+        quiet = ((result.get("latency") or {}).get(str(LOAD_PERCENTS[0])) or {}).get("p99_ms")
+        target = max(50.0, 3.0 * float(quiet)) if quiet else 250.0
+    return {"max_batch_size": max_batch, "max_batch_wait_ms": max_wait, "latency_target_ms": round(target, 1)}
+
+
+def run_slo(run: KafkaRun, t: dict[str, str], n: int) -> None:
+    """Saturated throughput and p99 at 50/75 % load: roomy fixed settings vs the same bounds SLO-adaptive."""
+    plan = slo_plan(run.s, run.args, run.result)
+    reference = run.result.get("e2e_images_per_s") or _estimate(run.result)
+    # Short of the e2e backlog, but a few batches' worth at the roomy bound even on a slow model.
+    count = max(2 * plan["max_batch_size"], round(n * run.d.slo_s / max(run.d.e2e_s, 1e-9)))
+    out: dict[str, Any] = {"plan": plan, "reference_images_per_s": reference, "configs": {}}
+    for config in SLO_CONFIGS:
+        overrides = {"DFP_MAX_BATCH_SIZE": str(plan["max_batch_size"]),
+                     "DFP_MAX_BATCH_WAIT_MS": str(plan["max_batch_wait_ms"])}  # fmt: skip
+        if config == "slo":
+            overrides["DFP_LATENCY_TARGET_MS"] = str(plan["latency_target_ms"])
+        topics = (f"{t['backlog']}-{config}", f"{t['out']}-{config}", f"{t['dlq']}-{config}")
+        run.backlog(topics[0], count, f"{config}-sat")
+        with run.processor(topics, config, overrides) as running:
+            row = _slo_config(run, running, config, count, reference)
+        out["configs"][config] = row
+        run.bar.write(f"slo {config}: saturated {row['images_per_s']} images/s, "
+                      + ", ".join(f"p99 at {k} % {v['p99_ms']} ms" for k, v in row["latency"].items()))  # fmt: skip
+    run.result["slo"] = out
+    run.bar.update(1)
+
+
+def _slo_config(run: KafkaRun, running: Running, config: str, count: int, reference: float) -> dict[str, Any]:
+    run.bar.set_description(f"slo {config}: saturated")
+    outputs = wait_for_outputs(running.collector, f"{config}-sat-", count, running.proc,
+                               max(180.0, 10.0 * count / reference))  # fmt: skip
+    saturated = e2e_run(outputs)
+    latency = {str(pct): run.latency_at(running, reference * pct / 100.0, f"{config}-lat{pct}", warm_up=True)
+               for pct in SLO_LOADS}  # fmt: skip
+    gauges = scrape_gauges(running.proc, ("deepfake_batch_limit", "deepfake_batch_wait_seconds"))
+    return {"images_per_s": round(saturated.images_per_s, 2), "events": saturated.images, "latency": latency,
+            "final_batch_limit": gauges.get("deepfake_batch_limit"),
+            "final_batch_wait_ms": None if gauges.get("deepfake_batch_wait_seconds") is None
+            else round(gauges["deepfake_batch_wait_seconds"] * 1000.0, 2),
+            "mean_batch_size": scrape_metrics(running.proc).get("deepfake_batch_size_mean")}  # fmt: skip
+
+
+def scrape_gauges(proc: ProcessorProcess, names: tuple[str, ...]) -> dict[str, float]:
+    """The current value of each named gauge on the processor's /metrics (absent ones left out)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = proc.get("/metrics", 5.0)
+    if status != 200:
+        return {}
+    families = text_string_to_metric_families(body.decode())
+    return {s.name: float(s.value) for f in families for s in f.samples if s.name in names}
 
 
 class _NoBar:

@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from models.loader import bundled_model_dir, find_variants
@@ -59,6 +60,30 @@ def iter_events(
             yielded += 1
             yield event
     raise RuntimeError(f"sample_events ran out before {count} events of formats {sorted(wanted)}")
+
+
+def relabelled(pool: Sequence[SampleEvent], count: int, prefix: str) -> Iterator[SampleEvent]:
+    """`count` events cycled from a pre-generated pool, each with a fresh event id `<prefix>-<n>`.
+
+    Generating and encoding images costs more CPU than the processor spends scoring them (the source makes
+    four candidates per JPEG kept); a paced producer doing that on the same cores as the processor skews the
+    latency it measures, so the Kafka stages send copies of one pool with only the id rewritten.
+    """
+    if not pool:
+        raise ValueError("relabelled: empty event pool")
+    for n in range(count):
+        yield with_event_id(pool[n % len(pool)], f"{prefix}-{n}")
+
+
+def with_event_id(event: SampleEvent, event_id: str) -> SampleEvent:
+    """The same event under a new id: in the JSON envelope's first field, or in the raw event's header."""
+    if event.kind == "json":
+        head = event.value[: event.value.index(b",")]  # json_event writes event_id first: {"event_id": "…",
+        if not head.startswith(b'{"event_id": "'):
+            raise ValueError(f"not a sample JSON event: {head[:40]!r}")
+        return replace(event, value=b'{"event_id": "' + event_id.encode() + b'"' + event.value[len(head) :])
+    headers = [(k, event_id.encode() if k == "event_id" else v) for k, v in event.headers]
+    return replace(event, headers=headers)
 
 
 def to_inflight(event: SampleEvent, offset: int, topic: str = "bench") -> InFlight:

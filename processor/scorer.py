@@ -107,9 +107,9 @@ class Scorer:
             item.crops = None  # the tensor rows are no longer needed; free them before the event is produced
             self.on_done(item)
         if self.batcher.slo is not None:
-            self._observe_slo(batch)
+            self._observe_slo(batch, elapsed_ms / 1000.0)
 
-    def _observe_slo(self, batch: Batch) -> None:
+    def _observe_slo(self, batch: Batch, inference_s: float) -> None:
         assert self.batcher.slo is not None
         now_wall, now = time.time(), time.monotonic()
         # End to end from the input's Kafka timestamp when it has one (SLO definition), else from consume.
@@ -117,7 +117,7 @@ class Scorer:
             now_wall - item.timestamp_ms / 1000.0 if item.timestamp_ms is not None else now - item.consumed_at
             for item in batch.items
         ]
-        self.batcher.slo.observe(latencies, batch.size)
+        self.batcher.slo.observe(latencies, batch.size, inference_s)
         self.metrics.batch_limit.set(self.batcher.slo.limit)
         self.metrics.batch_wait.set(self.batcher.slo.wait_s)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from processor.bench_report import ratios, targets, write_section
+from processor.bench_report import ratios, slo_table, targets, write_section
+from processor.bench_workload import iter_events, relabelled
 from processor.cli import main
 
 FIXED_KEYS = (
@@ -49,7 +50,7 @@ def _bench(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
 
 
 def test_quick_bench_without_kafka_writes_fixed_keys_and_markdown_table(tmp_path: Path) -> None:
-    result, md = _bench(tmp_path, "--skip", "pipeline,baseline,e2e,latency", "--batch-sizes", "1,4")
+    result, md = _bench(tmp_path, "--skip", "pipeline,baseline,e2e,latency,slo", "--batch-sizes", "1,4")
     assert all(key in result for key in FIXED_KEYS)
     assert result["decode_only_images_per_s"] > 0
     rates = result["model_only_images_per_s"]["fp32"]
@@ -74,6 +75,14 @@ def test_quick_bench_through_the_embedded_broker_measures_every_stage(tmp_path: 
     assert all(value is not None and value > 0 for value in result["ratios"].values())
     assert isinstance(result["targets_met"]["e2e_ge_2x_baseline"], bool)
     assert "end to end (Kafka)" in md and "p99" in md
+    slo = result["slo"]
+    assert set(slo["configs"]) == {"fixed", "slo"} and slo["plan"]["latency_target_ms"] >= 50
+    for config in slo["configs"].values():
+        assert config["images_per_s"] > 0 and set(config["latency"]) == {"50", "75"}
+        assert all(row["events"] > 0 and row["p99_ms"] > 0 for row in config["latency"].values())
+    assert slo["configs"]["slo"]["final_batch_limit"] >= 1  # the controller's gauge, scraped from /metrics
+    assert isinstance(result["targets_met"]["slo_p99_le_target_at_75pct_load"], bool)
+    assert "SLO-adaptive" in md
 
 
 def test_ratios_and_targets_follow_the_measured_rates() -> None:
@@ -92,6 +101,53 @@ def test_ratios_and_targets_follow_the_measured_rates() -> None:
     assert all(value is None for name, value in met.items() if name.startswith("gpu_"))
     tiny = {t["name"]: t["met"] for t in targets(result, full_size=False, gpu=False)}
     assert tiny["e2e_ge_2x_baseline"] is True
+
+
+def test_slo_rows_compare_fixed_and_adaptive_batching_against_the_target() -> None:
+    latency = {"50": {"p99_ms": 80.0}, "75": {"p99_ms": 140.0}}
+    result: dict[str, Any] = {
+        "e2e_images_per_s": 200.0,
+        "latency": {"25": {"p99_ms": 30.0}, **latency},
+        "settings": {"max_batch_size": 32, "max_batch_wait_ms": 5.0},
+        "slo": {
+            "plan": {"max_batch_size": 64, "max_batch_wait_ms": 50.0, "latency_target_ms": 100.0},
+            "reference_images_per_s": 200.0,
+            "configs": {
+                "fixed": {"images_per_s": 210.0, "latency": {"50": {"p99_ms": 180.0}, "75": {"p99_ms": 260.0}}},
+                "slo": {
+                    "images_per_s": 205.0,
+                    "latency": {"50": {"p99_ms": 60.0}, "75": {"p99_ms": 99.0}},
+                    "final_batch_limit": 12.0,
+                    "final_batch_wait_ms": 1.5,
+                },
+            },
+        },
+    }
+    result["ratios"] = ratios(result)
+    met = {t["name"]: t["met"] for t in targets(result, full_size=False, gpu=False)}
+    assert met["slo_p99_le_target_at_50pct_load"] is True and met["slo_p99_le_target_at_75pct_load"] is True
+    result["slo"]["configs"]["slo"]["latency"]["75"]["p99_ms"] = 101.0
+    met = {t["name"]: t["met"] for t in targets(result, full_size=False, gpu=False)}
+    assert met["slo_p99_le_target_at_75pct_load"] is False
+    table = "\n".join(slo_table(result))
+    assert "| fixed, the bench's settings (e2e and latency above) | 32 | 5.0 | 200.0 | 80.0 | 140.0 | **no** |" in table
+    assert "| fixed, roomy bounds | 64 | 50.0 | 210.0 | 180.0 | 260.0 | **no** | — |" in table
+    assert "12 / 1.50 ms |" in table
+
+
+def test_paced_events_are_copies_of_the_pool_under_fresh_ids() -> None:
+    pool = list(iter_events(5, [(64, 48)], ["jpeg"]))
+    copies = list(relabelled(pool, 12, "lat50"))
+    ids = [json.loads(e.value)["event_id"] if e.kind == "json" else dict(e.headers)["event_id"].decode()
+           for e in copies]  # fmt: skip
+    assert ids == [f"lat50-{n}" for n in range(12)]
+    for n, copy in enumerate(copies):
+        original = pool[n % 5]
+        if copy.kind == "json":
+            doc, before = json.loads(copy.value), json.loads(original.value)
+            assert doc.pop("event_id") != before.pop("event_id") and doc == before
+        else:
+            assert copy.value is original.value and copy.key == original.key
 
 
 def test_markdown_section_is_appended_once_then_replaced_in_place(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ def _item(offset: int, rows: int = 1) -> InFlight:
     return item
 
 
-def _feed(slo: SloController, latency_s: float, rows: int, batches: int = ADJUST_EVERY) -> None:
+def _feed(slo: SloController, latency_s: float, rows: int, batches: int = ADJUST_EVERY, infer_s: float = 0.0) -> None:
     for _ in range(batches):
-        slo.observe([latency_s] * 4, rows)
+        slo.observe([latency_s] * 4, rows, infer_s)
 
 
 def test_batch_is_padded_to_the_next_bucket_with_zero_rows() -> None:
@@ -40,10 +40,19 @@ def test_without_buckets_the_batch_keeps_its_real_size() -> None:
     assert batch is not None and batch.tensor.shape[0] == batch.size == 3
 
 
-def test_latency_over_target_with_half_empty_batches_shortens_the_wait() -> None:
+def test_latency_over_target_with_half_empty_batches_shortens_the_wait_and_keeps_the_limit() -> None:
     slo = SloController(target_s=0.05, max_batch_size=32, max_wait_s=0.02)
-    _feed(slo, latency_s=0.08, rows=4)
-    assert slo.wait_s < 0.02 and slo.limit < 32
+    _feed(slo, latency_s=0.08, rows=4, infer_s=0.001)
+    assert slo.wait_s == 0.01 and slo.limit == 32  # a limit batches never reach costs no latency
+
+
+def test_a_full_batch_may_spend_at_most_half_the_target_on_inference() -> None:
+    # ViT-B/16 on a CPU: 0.5 s per image, so a 2 s target allows batches of 2 whatever the bounds say.
+    slo = SloController(target_s=2.0, max_batch_size=16, max_wait_s=0.05)
+    _feed(slo, latency_s=1.0, rows=8, infer_s=4.0)
+    assert slo.limit == 2
+    _feed(slo, latency_s=3.0, rows=2, infer_s=1.0)  # over target with full batches: growing would break the cap
+    assert slo.limit == 2
 
 
 def test_latency_over_target_with_full_batches_grows_the_limit_instead_of_shrinking() -> None:
