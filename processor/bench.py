@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
     p.add_argument("--latency-seconds", type=float, default=None, help="per load level (default 10)")
     p.add_argument("--baseline-seconds", type=float, default=None, help="baseline run time (default 10)")
     p.add_argument("--latency-target-ms", type=float, default=None,
-                   help="slo stage: the p99 target (default: 3x the p99 at 25 %% load, at least 50)")  # fmt: skip
+                   help="slo stage: the p99 target (default: 2x the p99 at 25 %% load, at least 50)")  # fmt: skip
     p.add_argument("--slo-max-batch-size", type=int, default=None, help="slo stage: batch bound (default 2x MAX)")
     p.add_argument("--slo-max-wait-ms", type=float, default=None, help="slo stage: wait bound (default 10x MAX)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes (tests, CI)")

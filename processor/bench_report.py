@@ -282,13 +282,19 @@ def _latency_table(result: dict[str, Any]) -> list[str]:
     if not latency:
         return ["Latency: not measured."]
     out = ["End-to-end latency (output timestamp − input timestamp, ms), paced producer:", "",
-           "| load | offered events/s | sent events/s | p50 | p95 | p99 | in processor p50 | events |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+           "| load | offered events/s | sent events/s | p50 | p95 | p99 | in processor p50 | events | cores busy |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     keys = ("offered_per_s", "sent_per_s", "p50_ms", "p95_ms", "p99_ms", "processor_total_p50_ms")
     for load, row in latency.items():
         cells = [fmt(row.get(k)) for k in keys]
-        out.append(f"| {load} % of e2e max | " + " | ".join(cells) + f" | {row['events']} |")
+        out.append(f"| {load} % of e2e max | " + " | ".join(cells) + f" | {row['events']} | {_cores(row)} |")
     return out
+
+
+def _cores(row: dict[str, Any]) -> str:
+    """Cores each process kept busy while the paced load was sent ("—" in results from before they were kept)."""
+    cores = row.get("cores") or {}
+    return ", ".join(f"{name} {fmt(value, 2)}" for name, value in cores.items()) or "—"
 
 
 def slo_table(result: dict[str, Any]) -> list[str]:
