@@ -113,7 +113,6 @@ class Processor:
         self.engine = engine
         self.health.model_loaded = True
         self._publish_model(engine)
-        self.gpu = GpuMonitor.start_for(engine.gpu, self.metrics, self.health)
         pre = Preprocessor(engine.model.preprocess)
         engine.warm_up(pre.shape, self._warm_sizes())
         self.health.warmed_up = True
@@ -193,6 +192,7 @@ class Processor:
         self.health.variant, self.health.model_name = engine.model.variant, engine.model.name
         self.health.model_sha256 = engine.model.sha256
         self.metrics.set_model(engine.model.name, engine.model.variant, engine.provider, engine.model.sha256)
+        self.gpu = GpuMonitor.follow(self.gpu, engine.gpu, self.metrics, self.health)
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=self.reload, name="reload", daemon=True).start()

@@ -81,6 +81,16 @@ class GpuMonitor:
         monitor._thread.start()
         return monitor
 
+    @classmethod
+    def follow(cls, current: GpuMonitor | None, gpu: bool, metrics: Metrics, health: Health) -> GpuMonitor | None:
+        """The monitor for the model now serving: a hot swap between CPU and GPU starts or stops polling."""
+        if gpu:
+            return current if current is not None else cls.start_for(True, metrics, health)
+        if current is not None:
+            current.stop()
+            health.memory = {"gpu_memory_percent": None, "used_mb": None, "total_mb": None}
+        return None
+
     def poll_once(self) -> None:
         """Read memory and utilisation once into the gauges and `health.memory`."""
         try:

@@ -98,6 +98,17 @@ def test_cpu_session_starts_no_poller_and_health_keeps_nulls(nvml: FakeNvml) -> 
     assert health.document()["memory_usage"] == {"gpu_memory_percent": None, "used_mb": None, "total_mb": None}
 
 
+def test_gpu_metrics_follow_a_hot_swap_between_cpu_and_gpu(nvml: FakeNvml) -> None:
+    metrics, health = Metrics(), Health()
+    assert GpuMonitor.follow(None, False, metrics, health) is None  # CPU model: no poller
+    monitor = GpuMonitor.follow(None, True, metrics, health)  # swapped to a GPU model: polling starts
+    assert monitor is not None and health.memory["used_mb"] == 3072.0
+    assert GpuMonitor.follow(monitor, True, metrics, health) is monitor  # GPU to GPU: the same poller
+    assert GpuMonitor.follow(monitor, False, metrics, health) is None  # back to CPU: stopped, nulls again
+    assert nvml.shutdowns == 1
+    assert health.document()["memory_usage"] == {"gpu_memory_percent": None, "used_mb": None, "total_mb": None}
+
+
 def test_absent_nvml_library_disables_gpu_metrics_with_one_info_line(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
