@@ -30,6 +30,7 @@ from schemas.api import DetectResult, ErrorDetail, ErrorResponse
 
 if TYPE_CHECKING:
     from processor.http import Health
+    from processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,21 @@ def with_event_id(body: bytes, event_id: str) -> bytes:
 class DetectApi:
     """Turns request bodies into `submit_sync` calls and finished InFlights into replies. Thread-safe."""
 
-    def __init__(self, detect: DetectFn, health: Health, limits: ApiLimits) -> None:
+    def __init__(self, detect: DetectFn, health: Health, limits: ApiLimits, metrics: Metrics | None = None) -> None:
         self.detect = detect
         self.health = health
         self.limits = limits
+        self.metrics = metrics
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 
     def handle(self, path: str, headers: Message, rfile: BufferedIOBase) -> Reply:
         """One POST to a /detect route. Never raises: every failure becomes a JSON error reply."""
+        reply = self._handle(path, headers, rfile)
+        if self.metrics is not None:
+            self.metrics.api_requests.labels(route=path, status=str(reply.status)).inc()
+        return reply
+
+    def _handle(self, path: str, headers: Message, rfile: BufferedIOBase) -> Reply:
         if self.health.fatal or self.health.stopping or not self.health.warmed_up:
             return _error_reply(ApiError(503, "not_ready", "the model is not loaded and warm yet", unread=True))
         if not self._slots.acquire(blocking=False):
@@ -135,15 +143,25 @@ class DetectApi:
     def _single(self, headers: Message, body: bytes) -> Reply:
         value, item_headers = single_event(headers, body, self.limits.max_batch)
         item = self._wait([self._submit(value, item_headers)])[0]
-        if item.error is not None:
-            return Reply(STATUS_BY_CODE.get(item.error.code, 400), error_body(item.error.code, item.error.message))
-        return Reply(200, result_body(item))
+        reply_body = error_body(item.error.code, item.error.message) if item.error else result_body(item)
+        self._count("/detect", [reply_body])
+        status = STATUS_BY_CODE.get(item.error.code, 400) if item.error else 200
+        return Reply(status, reply_body)
 
     def _batch(self, headers: Message, body: bytes) -> Reply:
         events = batch_events(headers, body, self.limits.max_batch)
         items = self._wait([self._submit(value, item_headers) for value, item_headers in events])
         results = [error_body(i.error.code, i.error.message) if i.error else result_body(i) for i in items]
+        self._count("/detect/batch", results)
         return Reply(200, {"results": results})
+
+    def _count(self, route: str, bodies: list[dict[str, Any]]) -> None:
+        """One count per image answered: its result label, or its error code."""
+        if self.metrics is None:
+            return
+        for body in bodies:
+            outcome = body["error"]["code"] if "error" in body else body["label"]
+            self.metrics.api_images.labels(route=route, outcome=outcome).inc()
 
     def _submit(self, value: bytes, headers: Headers) -> Future[InFlight]:
         try:

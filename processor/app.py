@@ -65,7 +65,7 @@ class Processor:
         self.health = Health()
         self.http = HttpServer(settings.http_host, settings.http_port, self.health, self.metrics)
         if settings.http_api:  # routed from the start, so /detect answers 503 (not 404) while the model loads
-            self.http.api = DetectApi(self.submit_sync, self.health, ApiLimits.from_settings(settings))
+            self.http.api = DetectApi(self.submit_sync, self.health, ApiLimits.from_settings(settings), self.metrics)
         if settings.admin_api:
             self.http.reload = self.reload
         self.gpu: GpuMonitor | None = None

@@ -36,6 +36,17 @@ class Metrics:
             "deepfake_produce_errors", "Outputs whose delivery to Kafka failed", ["topic"], registry=r
         )
         self.commits = Counter("deepfake_offset_commits", "Offset commits sent to the group coordinator", registry=r)
+        # /detect traffic is not Kafka events: counted apart so events_scored still matches the input topic.
+        self.api_requests = Counter(
+            "deepfake_api_requests", "Requests to the /detect API, by route and HTTP status", ["route", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.api_images = Counter(
+            "deepfake_api_images",
+            "Images the /detect API answered, by route and outcome (result label or error code)",
+            ["route", "outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "deepfake_batch_size", "Images per inference call", buckets=_BATCH_BUCKETS, registry=r
         )

@@ -154,6 +154,32 @@ def test_batch_answers_every_item_in_order_with_a_per_item_error(api: ProcessorP
     assert isinstance(results[2], DetectResult) and results[2].event_id == "f" and results[2].faces
 
 
+def samples(proc: ProcessorProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics, keyed by name and sorted labels."""
+    text = proc.get("/metrics")[1].decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+
+
+def test_api_traffic_is_counted_apart_from_kafka_events(api: ProcessorProc) -> None:
+    before = samples(api)
+    items = [{"image_b64": b64(photo(seed=7))}, {"image_b64": b64(photo(seed=8))}, {"image_b64": b64(b"nope")}]
+    assert post(api, "/detect/batch", json.dumps({"images": items}).encode(), "application/json")[0] == 200
+    after = samples(api)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = "/detect/batch"
+    assert grew("deepfake_api_requests_total", route=route, status="200") == 1
+    assert grew("deepfake_api_images_total", route=route, outcome="image_decode_failed") == 1
+    scored = sum(grew("deepfake_api_images_total", route=route, outcome=label) for label in ("Real", "Fake"))
+    assert scored == 2
+    events = [k for k in after if k[0] == "deepfake_events_scored_total"]
+    assert all(after[k] == before.get(k, 0.0) for k in events)  # /detect images are not Kafka events
+
+
 def test_batch_takes_several_multipart_image_files(api: ProcessorProc) -> None:
     body, content_type = form([("images", photo(seed=s), f"{s}.jpg") for s in range(3)])
     status, doc, _ = post(api, "/detect/batch", body, content_type)
@@ -266,14 +292,8 @@ def test_disabled_api_answers_404_and_leaves_it_out_of_openapi(
 
 def _batches_over_one(proc: ProcessorProc) -> tuple[float, float]:
     """(batches of exactly one image, all batches) from the deepfake_batch_size histogram."""
-    _, body = proc.get("/metrics")
-    samples = {
-        (s.name, s.labels.get("le")): s.value
-        for family in text_string_to_metric_families(body.decode())
-        if family.name == "deepfake_batch_size"
-        for s in family.samples
-    }
-    return samples[("deepfake_batch_size_bucket", "1.0")], samples[("deepfake_batch_size_count", None)]
+    now = samples(proc)
+    return now[("deepfake_batch_size_bucket", (("le", "1.0"),))], now[("deepfake_batch_size_count", ())]
 
 
 def test_detect_requests_share_the_pipeline_with_kafka_traffic_and_lose_no_event(

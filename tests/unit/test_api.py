@@ -15,6 +15,7 @@ from processor.api import STATUS_BY_CODE, ApiLimits, DetectApi, Reply, with_even
 from processor.errors import DLQ_ERRORS, ERROR_CODES, FetchFailed, InferenceFailed, ProcessorError
 from processor.http import Health
 from processor.inflight import Headers, InFlight
+from processor.metrics import Metrics
 from processor.multipart import parse_form
 from processor.openapi import openapi_document, to_openapi30
 
@@ -68,6 +69,22 @@ def test_an_image_refused_with_a_dlq_code_answers_its_status_and_code(error_clas
         STATUS_BY_CODE[error_class.code],
         {"error": {"code": error_class.code, "message": "why"}},
     )
+
+
+def test_requests_and_refused_images_are_counted_by_route_status_and_code() -> None:
+    metrics = Metrics()
+    api = DetectApi(finished(FetchFailed("404")), ready(), LIMITS, metrics)
+    call(api, b"{}")
+    call(api, b"{}")
+    not_ready = DetectApi(finished(FetchFailed("404")), Health(), LIMITS, metrics)
+    call(not_ready, b"x")
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("deepfake_api_requests_total", route="/detect", status="422") == 2
+    assert value("deepfake_api_requests_total", route="/detect", status="503") == 1
+    assert value("deepfake_api_images_total", route="/detect", outcome="fetch_failed") == 2  # refused: no image
 
 
 def test_fetch_failed_is_422_and_inference_failed_is_500() -> None:
