@@ -6,6 +6,7 @@ import ctypes
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class Labels:
     fake_index: int
     threshold: float
 
-    def fields(self, probs: np.ndarray) -> tuple[str, bool, float, dict[str, float]]:
+    def fields(self, probs: Sequence[float]) -> tuple[str, bool, float, dict[str, float]]:
         fake_score = float(probs[self.fake_index])
         is_fake = fake_score >= self.threshold
         if is_fake:

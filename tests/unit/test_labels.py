@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 
 from processor.engine import Labels, probabilities
+from processor.publish import _utc_now
 
 REAL_FAKE = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.5)
 
@@ -65,3 +69,15 @@ def test_high_threshold_can_label_the_most_likely_class_not_fake() -> None:
     labels = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.95)
     label, is_fake, fake_score, _ = labels.fields(np.array([0.1, 0.9]))
     assert (label, is_fake, fake_score) == ("Real", False, pytest.approx(0.9))
+
+
+def test_result_fields_are_the_same_from_python_floats_as_from_the_float32_row() -> None:
+    row = np.array([0.2999999821186066, 0.7000000476837158], dtype=np.float32)
+    assert REAL_FAKE.fields(row.tolist()) == REAL_FAKE.fields(row) == ("Fake", True, 0.7, {"Real": 0.3, "Fake": 0.7})
+
+
+def test_processed_at_is_utc_iso_to_the_millisecond() -> None:
+    stamp = _utc_now()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
