@@ -35,7 +35,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
              title="Throughput vs batch size")  # fmt: skip
     left.set_xticks([1, 2, 4, 8, 16, 32, 64], labels=["1", "2", "4", "8", "16", "32", "64"])
     left.legend(fontsize=7)
-    _latency_plot(right, result.get("latency") or {})
+    _latency_plot(right, result.get("latency") or {}, result.get("slo"))
     fig.suptitle(f"{result['settings']['label']} — {result['machine']['cpu_model']}, {result['machine']['cores']} "
                  f"cores, GPU {result['machine']['gpu']}", fontsize=9)  # fmt: skip
     fig.tight_layout()
@@ -45,7 +45,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _latency_plot(ax: Any, latency: dict[str, Any]) -> None:
+def _latency_plot(ax: Any, latency: dict[str, Any], slo: dict[str, Any] | None) -> None:
     ax.set(xlabel="throughput (events/s sent)", ylabel="latency (ms)", title="End-to-end latency vs throughput")
     if not latency:
         ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
@@ -53,5 +53,18 @@ def _latency_plot(ax: Any, latency: dict[str, Any]) -> None:
     rows = sorted(latency.values(), key=lambda r: r["sent_per_s"])
     for q in ("p50_ms", "p95_ms", "p99_ms"):
         ax.plot([r["sent_per_s"] for r in rows], [r[q] for r in rows], marker="o", label=q.removesuffix("_ms"))
+    if slo:
+        _slo_points(ax, slo)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
+
+
+def _slo_points(ax: Any, slo: dict[str, Any]) -> None:
+    """p99 of the slo stage's two configurations, and the target they were held to."""
+    styles = {"fixed": ("x", "tab:brown", "p99, roomy fixed batching"), "slo": ("*", "tab:cyan", "p99, SLO-adaptive")}
+    for config, row in slo["configs"].items():
+        marker, color, name = styles.get(config, ("+", "black", config))
+        points = sorted((r["sent_per_s"], r["p99_ms"]) for r in row["latency"].values())
+        ax.plot(*zip(*points, strict=True), linestyle="none", marker=marker, markersize=9, color=color, label=name)
+    target = slo["plan"]["latency_target_ms"]
+    ax.axhline(target, linestyle=":", color="tab:cyan", label=f"p99 target ({fmt(target)} ms)")
