@@ -134,21 +134,23 @@ def run_kafka(todo: list[str], settings: Settings, pool: list[SampleEvent], d: D
 
     workdir = Path(tempfile.mkdtemp(prefix="dfp-bench-"))
     uid = uuid.uuid4().hex[:8]
-    t = {k: f"bench-{k}-{uid}" for k in ("backlog", "out", "dlq", "base-out", "base-dlq")}
+    t = {k: f"bench-{k}-{uid}" for k in ("backlog", "paced", "out", "dlq", "base-out", "base-dlq")}
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         create_topics(broker.bootstrap, list(t.values()), partitions=args.partitions)
         s = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
         n = args.e2e_events or max(2 * s.max_batch_size, round(d.e2e_s * _estimate(result)))
         result["settings"]["e2e_events"] = n
         run = KafkaRun(s, pool, d, result, bar, args, workdir, broker.pid, uid)
-        if {"baseline", "e2e", "latency"} & set(todo):
+        if {"baseline", "e2e"} & set(todo):
             run.backlog(t["backlog"], n, "e2e")
         if "baseline" in todo:
             bar.set_description("baseline")
             base = NaiveBaseline(s, t["base-out"], t["base-dlq"]).run(t["backlog"], args.partitions, n, d.baseline_s)
             record(result, "baseline", base, bar)
         if {"e2e", "latency"} & set(todo):
-            run.e2e_and_latency(todo, (t["backlog"], t["out"], t["dlq"]), n)
+            # Without e2e, latency runs on an empty topic: it must not queue behind the baseline's backlog.
+            source = t["backlog"] if "e2e" in todo else t["paced"]
+            run.e2e_and_latency(todo, (source, t["out"], t["dlq"]), n)
         if "slo" in todo:
             per_config = [f"{t[k]}-{c}" for c in SLO_CONFIGS for k in ("backlog", "out", "dlq")]
             create_topics(broker.bootstrap, per_config, partitions=args.partitions)
