@@ -129,7 +129,7 @@ class Processor:
         )
         limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
         self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, self._finish)
-        self.scorer = Scorer(batcher, lambda: self._engine(), self._finish, self.metrics)
+        scorer = self.scorer = Scorer(batcher, lambda: self._engine(), self._finish, self.metrics)
         max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)
         txn_id = None
         if s.delivery is Delivery.EXACTLY_ONCE:
@@ -141,7 +141,9 @@ class Processor:
         )
         if txn_id:
             publisher.producer.init_transactions(30)
-        self.loop = StreamLoop(s, self.decode, publisher, self.metrics, self.health)
+        self.loop = StreamLoop(
+            s, self.decode, publisher, self.metrics, self.health, batch_seconds=lambda: scorer.batch_seconds
+        )
         self.scorer.start()
 
     def submit_sync(self, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Future[InFlight]:

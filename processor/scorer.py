@@ -65,6 +65,7 @@ class Scorer:
         self.fatal: BaseException | None = None
         self._stop = threading.Event()
         self._failed_batches = 0
+        self.batch_seconds = 0.0  # moving average of inference time per batch (read by the consumer loop)
         self._thread = threading.Thread(target=self._run, name="scorer", daemon=True)
 
     def start(self) -> None:
@@ -91,6 +92,7 @@ class Scorer:
         probs, ok = infer_isolating(engine, batch.tensor)
         ok = ok[: batch.size]  # rows past `size` are static-shape padding
         elapsed_ms = (time.monotonic() - started) * 1000.0
+        self.batch_seconds += 0.2 * (elapsed_ms / 1000.0 - self.batch_seconds)
         self.metrics.batch_size.observe(batch.size)
         self.metrics.stage_latency.labels(stage="inference").observe(elapsed_ms / 1000.0)
         self._watch_health(engine, batch, ok)
