@@ -54,11 +54,8 @@ class SloController:
 
     def _adjust(self, p99_s: float) -> None:
         full = float(np.mean(self._fills)) >= 0.9
-        if p99_s > self.target_s:
-            if full:
-                self.limit = min(self.max_batch_size, self.limit * 2)
-            else:
-                self.wait_s = max(MIN_WAIT_S, self.wait_s / 2)
+        if p99_s > self.target_s and full:
+            self.limit = min(self.max_batch_size, self.limit * 2)
         elif p99_s > 0.9 * self.target_s and not full:
             self.wait_s = max(MIN_WAIT_S, self.wait_s / 2)
         elif p99_s < 0.6 * self.target_s:
