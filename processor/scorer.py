@@ -119,7 +119,8 @@ class Scorer:
             now_wall - item.timestamp_ms / 1000.0 if item.timestamp_ms is not None else now - item.consumed_at
             for item in batch.items
         ]
-        self.batcher.slo.observe(latencies, batch.size, inference_s)
+        waited = sum(batch.formed_at - item.decoded_at for item in batch.items) / max(1, len(batch.items))
+        self.batcher.slo.observe(latencies, batch.size, inference_s, waited)
         self.metrics.batch_limit.set(self.batcher.slo.limit)
         self.metrics.batch_wait.set(self.batcher.slo.wait_s)
 

@@ -1,13 +1,16 @@
 """SLO-adaptive batching: tunes the batcher's size limit and wait online to keep p99 end-to-end under a target.
 
 Bigger batches and longer waits buy throughput (fewer, fuller inference calls) at the price of latency.
-The controller watches the end-to-end latency of recently scored events (from their Kafka timestamp) and:
-- p99 above the target while batches leave half-empty (the wait for a fuller batch dominates): halve the
-  wait; the limit stays, since a limit batches never reach costs nothing and shrinking it would only make
-  inference less efficient;
-- p99 above the target while batches are full (queueing: the model is the bottleneck): double the batch
-  limit, since only more throughput drains a queue — shrinking batches would make it worse;
-- p99 comfortably below the target (< 60 %): let the wait and the limit creep back up for efficiency;
+Every few batches the controller compares the p99 of recently scored events (from their Kafka timestamp)
+with the target, aiming below it (noise makes a controller that aims at the target miss it half the time):
+- p99 above 80 % of the target while batches leave half-empty and the wait for a fuller batch is a real
+  part of that latency: halve the wait. The limit stays: a limit batches never reach costs no latency, and
+  shrinking it would only make inference less efficient;
+- p99 above the target otherwise (batches full, or latency that built up before the batcher — events
+  queueing for decode or for the model): that is a queue, and only more throughput drains a queue, so
+  double the limit and lengthen the wait (fuller batches cost less per image). Shortening waits here would
+  make batches smaller and the overload worse;
+- p99 under half the target: let the wait and the limit creep back up for efficiency;
 - always: keep the limit where a full batch's inference takes at most half the target (measured per row),
   so one batch alone can never spend the budget (ViT-B/16 on a CPU: ~0.5 s per image).
 """
@@ -24,6 +27,8 @@ WINDOW = 256  # latencies kept for the p99 estimate
 ADJUST_EVERY = 8  # batches between adjustments
 MIN_WAIT_S = 0.0002
 INFERENCE_SHARE = 0.5  # of the target, the most one full batch's inference may take
+HIGH, LOW = 0.8, 0.5  # of the target: shorten the wait above HIGH, relax below LOW
+WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the latency"
 
 
 class SloController:
@@ -38,14 +43,19 @@ class SloController:
         self._latencies: deque[float] = deque(maxlen=WINDOW)
         self._fills: deque[float] = deque(maxlen=ADJUST_EVERY)
         self._inference: deque[tuple[float, int]] = deque(maxlen=ADJUST_EVERY)  # (seconds, rows) per batch
+        self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
         self._batches = 0
         self._lock = threading.Lock()
 
-    def observe(self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0) -> None:
-        """Record one scored batch: its events' end-to-end latencies so far, how full it was, its inference time."""
+    def observe(
+        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+    ) -> None:
+        """Record one scored batch: its events' end-to-end latencies so far, how full it was, its inference
+        time, and how long its events waited in the batcher on average."""
         with self._lock:
             self._latencies.extend(latencies_s)
             self._fills.append(batch_rows / max(1, self.limit))
+            self._waits.append(batch_wait_s)
             if inference_s > 0 and batch_rows > 0:
                 self._inference.append((inference_s, batch_rows))
             self._batches += 1
@@ -54,11 +64,13 @@ class SloController:
 
     def _adjust(self, p99_s: float) -> None:
         full = float(np.mean(self._fills)) >= 0.9
-        if p99_s > self.target_s and full:
-            self.limit = min(self.max_batch_size, self.limit * 2)
-        elif p99_s > 0.9 * self.target_s and not full:
+        wait_matters = float(np.mean(self._waits)) >= WAIT_SHARE * p99_s
+        if p99_s > HIGH * self.target_s and wait_matters and not full:
             self.wait_s = max(MIN_WAIT_S, self.wait_s / 2)
-        elif p99_s < 0.6 * self.target_s:
+        elif p99_s > self.target_s:
+            self.limit = min(self.max_batch_size, self.limit * 2)
+            self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
+        elif p99_s < LOW * self.target_s:
             self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
             self.limit = min(self.max_batch_size, self.limit + max(1, self.limit // 8))
         self.limit = max(1, min(self.limit, self._inference_cap()))
