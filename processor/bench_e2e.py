@@ -145,20 +145,28 @@ def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)}
 
 
-def scrape_metrics(proc: ProcessorProcess) -> dict[str, float]:
-    """Mean per-stage latency (ms) and mean batch size from the processor's /metrics histograms."""
+def metric_samples(proc: ProcessorProcess) -> list[Any]:
+    """Every sample on the processor's /metrics (prometheus_client Sample tuples); [] if it does not answer 200."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, body = proc.get("/metrics", 5.0)
     if status != 200:
-        return {}
-    text = body.decode()
+        return []
+    return [sample for family in text_string_to_metric_families(body.decode()) for sample in family.samples]
+
+
+def scrape_gauges(proc: ProcessorProcess, names: tuple[str, ...]) -> dict[str, float]:
+    """The current value of each named gauge (absent ones left out)."""
+    return {s.name: float(s.value) for s in metric_samples(proc) if s.name in names}
+
+
+def scrape_metrics(proc: ProcessorProcess) -> dict[str, float]:
+    """Mean per-stage latency (ms) and mean batch size from the processor's /metrics histograms."""
     sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                key = sample.name + ":" + sample.labels.get("stage", "")
-                sums[key] = sums.get(key, 0.0) + sample.value
+    for sample in metric_samples(proc):
+        if sample.name.endswith(("_sum", "_count")):
+            key = sample.name + ":" + sample.labels.get("stage", "")
+            sums[key] = sums.get(key, 0.0) + sample.value
     out: dict[str, float] = {}
     for key, total in sums.items():
         name, stage = key.split(":")

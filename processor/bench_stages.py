@@ -31,6 +31,7 @@ from processor.bench_e2e import (
     e2e_run,
     latency_percentiles,
     processor_env,
+    scrape_gauges,
     scrape_metrics,
     timing_summary,
     wait_for_outputs,
@@ -359,17 +360,6 @@ def _slo_config(run: KafkaRun, running: Running, config: str, count: int, refere
             "final_batch_wait_ms": None if gauges.get("deepfake_batch_wait_seconds") is None
             else round(gauges["deepfake_batch_wait_seconds"] * 1000.0, 2),
             "mean_batch_size": scrape_metrics(running.proc).get("deepfake_batch_size_mean")}  # fmt: skip
-
-
-def scrape_gauges(proc: ProcessorProcess, names: tuple[str, ...]) -> dict[str, float]:
-    """The current value of each named gauge on the processor's /metrics (absent ones left out)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, body = proc.get("/metrics", 5.0)
-    if status != 200:
-        return {}
-    families = text_string_to_metric_families(body.decode())
-    return {s.name: float(s.value) for f in families for s in f.samples if s.name in names}
 
 
 class _NoBar:
