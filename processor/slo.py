@@ -83,9 +83,3 @@ class SloController:
             return self.max_batch_size
         per_row_s = sum(s for s, _ in self._inference) / rows
         return max(1, int(INFERENCE_SHARE * self.target_s / per_row_s))
-
-    def p99_ms(self) -> float | None:
-        with self._lock:
-            if not self._latencies:
-                return None
-            return float(np.percentile(np.fromiter(self._latencies, float), 99)) * 1000.0
