@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from prometheus_client.parser import text_string_to_metric_families
 
 from processor.api import STATUS_BY_CODE
+from processor.bench_e2e import metric_samples
 from processor.broker import create_topics
 from processor.samples import encode, sample_events, synthetic_image
 from schemas import ScoreResult
@@ -156,9 +156,7 @@ def test_batch_answers_every_item_in_order_with_a_per_item_error(api: ProcessorP
 
 def samples(proc: ProcessorProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample on /metrics, keyed by name and sorted labels."""
-    text = proc.get("/metrics")[1].decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metric_samples(proc)}
 
 
 def test_api_traffic_is_counted_apart_from_kafka_events(api: ProcessorProc) -> None:
