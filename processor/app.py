@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -16,7 +16,6 @@ from typing import Any
 import cv2
 
 from models.loader import ModelFiles, resolve_model
-from processor.api import ApiLimits, DetectApi
 from processor.batcher import MicroBatcher
 from processor.consumer import StreamLoop
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
@@ -24,14 +23,17 @@ from processor.engine import Engine, gpu_provider_listed
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ConfigError, ProcessorError, Unrecoverable
 from processor.fetch import UrlFetcher
-from processor.gpu import GpuMonitor
-from processor.http import Health, HttpServer
+from processor.http.api import ApiLimits, DetectApi
+from processor.http.server import HttpServer
 from processor.inflight import InFlight
-from processor.metrics import Metrics
-from processor.publish import Publisher, dead_letter_outcome, producer_config, result_outcome
+from processor.outcomes import Decided, Outcomes
+from processor.publish import Publisher, producer_config
 from processor.scorer import Scorer
 from processor.settings import Delivery, Settings
 from processor.slo import SloController
+from processor.telemetry.gpu import GpuMonitor
+from processor.telemetry.health import Health
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +80,6 @@ class Processor:
         self._reload_lock = threading.Lock()
         self.metrics.ready.set_function(lambda: 1.0 if self.health.ready else 0.0)
 
-    def _finish(self, item: InFlight) -> None:
-        """Decode/scoring threads: turn the event's fate into its one outcome, count it, wake the loop."""
-        s, m = self.settings, self.metrics
-        if item.waiter is not None:  # a /detect request: same decode, batcher and session; answered over HTTP
-            item.waiter.set_result(item)
-            return
-        if item.error is not None:
-            item.outcome = dead_letter_outcome(item, item.error, s.dlq_topic)
-            m.dead_lettered.labels(code=item.error.code).inc()
-            if log.isEnabledFor(logging.DEBUG):  # one line per dead letter, never at INFO (hot path)
-                where = {"topic": item.topic, "partition": item.partition, "offset": item.offset}
-                log.debug("dead letter", extra={**where, "event_id": item.event_id, "error.code": item.error.code})
-        else:
-            item.outcome = result_outcome(item, s.output_topic)
-            m.scored.labels(label=item.outcome.label or "").inc()
-        if item.decode_started:
-            m.stage_latency.labels(stage="queue").observe(item.decode_started - item.consumed_at)
-            m.stage_latency.labels(stage="decode").observe(max(0.0, item.decoded_at - item.decode_started))
-        assert self.loop is not None
-        self.loop.complete(item)
-
-    def _on_ack(self, item: InFlight) -> None:
-        now = time.monotonic()
-        self.metrics.stage_latency.labels(stage="produce").observe(now - item.produced_at)
-        if item.timestamp_ms is not None:
-            e2e = time.time() - item.timestamp_ms / 1000.0
-            self.metrics.stage_latency.labels(stage="end_to_end").observe(max(0.0, e2e))
-
     def build(self) -> None:
         s = self.settings
         self.http.start()
@@ -128,21 +102,23 @@ class Processor:
             else None
         )
         limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
-        self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, self._finish)
-        scorer = self.scorer = Scorer(batcher, lambda: self._engine(), self._finish, self.metrics)
+        decided: Decided = queue.SimpleQueue()
+        outcomes = Outcomes(s.output_topic, s.dlq_topic, self.metrics, decided)
+        self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, outcomes.decide)
+        scorer = self.scorer = Scorer(batcher, lambda: self._engine(), outcomes.decide, self.metrics)
         max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)
         txn_id = None
         if s.delivery is Delivery.EXACTLY_ONCE:
             txn_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
         publisher = Publisher(
             producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id),
-            self._on_ack,
+            outcomes.delivered,
             lambda topic: self.metrics.produce_errors.labels(topic=topic).inc(),
         )
         if txn_id:
             publisher.producer.init_transactions(30)
         self.loop = StreamLoop(
-            s, self.decode, publisher, self.metrics, self.health, batch_seconds=lambda: scorer.batch_seconds
+            s, self.decode, decided, publisher, self.metrics, self.health, batch_seconds=lambda: scorer.batch_seconds
         )
         self.scorer.start()
 

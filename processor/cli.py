@@ -58,23 +58,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from processor.broker import run_broker
+    from devtools.broker import run_broker
     from processor.logs import setup_logging
 
     setup_logging("INFO", "text")
     return run_broker(args.port, args.host)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from processor.demo import run_demo
-
-    return run_demo(args)
-
-
-def _cmd_produce(args: argparse.Namespace) -> int:
-    from processor.produce import run_produce
-
-    return run_produce(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,13 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands() -> list[Callable[[Any], None]]:
-    from processor.demo import register as demo
-    from processor.produce import register as produce
+    from devtools.demo import register as demo
+    from devtools.produce import register as produce
     from schemas.cli import register as schemas
 
     registers: list[Callable[[Any], None]] = [demo, produce, schemas]
     try:
-        from processor.bench import register as bench
+        from bench.cli import register as bench
 
         registers.append(bench)
     except ImportError:
@@ -124,7 +112,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,17 +10,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processor.decode import DecodePool
 from processor.errors import Unrecoverable
-from processor.http import Health
 from processor.inflight import InFlight
-from processor.kafka_health import KafkaHealth
-from processor.metrics import Metrics
 from processor.offsets import OffsetTracker
+from processor.outcomes import Decided
 from processor.publish import Publisher
 from processor.settings import Delivery, Settings
+from processor.telemetry.health import Health
+from processor.telemetry.kafka_stats import KafkaStats
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class StreamLoop:
         self,
         settings: Settings,
         decode: DecodePool,
+        decided: Decided,
         publisher: Publisher,
         metrics: Metrics,
         health: Health,
@@ -93,13 +95,13 @@ class StreamLoop:
         self.tracker = OffsetTracker()
         self.stop_requested = threading.Event()
         self.fatal: BaseException | None = None
-        self._completed: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
+        self.decided = decided  # filled by processor.outcomes on worker threads; a wake-up, see _produce_decided
         self._assigned: set[tuple[str, int]] = set()
-        self.kafka_health = KafkaHealth(health, metrics, self._assigned)
+        self.kafka_stats = KafkaStats(health, metrics, self._assigned)
         self._paused = False
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
-        self.consumer = Consumer(consumer_config(settings, self.kafka_health.on_stats, self._on_error, self._on_commit))
+        self.consumer = Consumer(consumer_config(settings, self.kafka_stats.on_stats, self._on_error, self._on_commit))
         for topic in settings.input_topic:  # series exist from start, so "no events while lagging" alerts can fire
             metrics.consumed.labels(topic=topic)
 
@@ -113,7 +115,7 @@ class StreamLoop:
         while not self.stop_requested.is_set():
             self.publisher.poll(0)  # delivery reports → acknowledged events
             self._admit(self._poll())  # hand new events to the decode pool
-            self._release()  # produce decided outcomes in offset order
+            self._produce_decided()  # produce decided outcomes in offset order
             self._backpressure()
             if self._commit_due():
                 self.commit(asynchronous=True)
@@ -141,7 +143,7 @@ class StreamLoop:
                 return []
             return [msg]
         timeout = busy_poll_s(self.batch_seconds()) if len(self.tracker) else IDLE_POLL_S
-        if not self._completed.empty():
+        if not self.decided.empty():
             timeout = 0.0
         first = self.consumer.poll(timeout)
         if first is None:
@@ -175,24 +177,25 @@ class StreamLoop:
             self.metrics.consumed.labels(topic=topic).inc(n)
         self.health.kafka_connected = True
 
-    def complete(self, item: InFlight) -> None:
-        """Called by decode/scoring threads once item.outcome is set; wakes the loop."""
-        self._completed.put(item)
+    def _produce_decided(self) -> None:
+        """Produce every decided outcome whose turn has come (offset order per partition).
 
-    def _release(self) -> None:
+        `decided` only tells this thread that outcomes were set; the order comes from the tracker, which
+        releases an event once it and every earlier offset of its partition have an outcome.
+        """
         while True:
             try:
-                self._completed.get_nowait()
+                self.decided.get_nowait()
             except queue.Empty:
                 break
         if self._eos:
-            self._release_transaction()
+            self._produce_transaction()
         else:
             for item in self.tracker.releasable():
                 self.publisher.produce(item)
         self.metrics.in_flight.set(len(self.tracker))
 
-    def _release_transaction(self) -> None:
+    def _produce_transaction(self) -> None:
         items = list(self.tracker.releasable())
         if not items:
             return
@@ -276,7 +279,7 @@ class StreamLoop:
         dropped = sum(len(self.tracker.revoke(tp)) for tp in tps)
         self._assigned -= tps
         self._update_assignment_health()
-        self.kafka_health.forget(tps)
+        self.kafka_stats.forget(tps)
         log.info(
             "partitions %s",
             why,
@@ -292,7 +295,7 @@ class StreamLoop:
         """Finish in-flight events (of `tps`, or all): release, produce, collect acks. Returns what is left."""
         deadline = time.monotonic() + budget_s
         while self.tracker.pending(tps) and time.monotonic() < deadline:
-            self._release()
+            self._produce_decided()
             self.publisher.poll(0.01)
             self.tracker.advance()
             if self.publisher.fatal is not None:
@@ -302,7 +305,7 @@ class StreamLoop:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = Unrecoverable(f"fatal Kafka error: {err}")
-        self.kafka_health.on_error(err)
+        self.kafka_stats.on_error(err)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [tp for tp in partitions if tp.error is not None]
@@ -330,6 +333,3 @@ class StreamLoop:
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
     return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
-
-
-__all__ = ["OFFSET_INVALID", "StreamLoop"]

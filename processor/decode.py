@@ -108,13 +108,8 @@ class Decoder:
         preprocessor: Preprocessor,
         limits: DecodeLimits,
         fetcher: UrlFetcher | None,
-        *,
-        reduced_decode: bool = True,
     ) -> None:
         self.pre = preprocessor
-        # JPEG DCT-scaled decoding (1/2, 1/4, 1/8) when the source is much larger than the model input;
-        # off only to reproduce the seed's full-resolution decode in the bench baseline.
-        self.reduced_decode = reduced_decode
         self.limits = limits
         self.fetcher = fetcher
 
@@ -140,7 +135,7 @@ class Decoder:
         return self.fetcher.fetch(url)
 
     def _decode_pixels(self, data: bytes, info: ImageInfo, faces: list[FaceBox] | None) -> tuple[np.ndarray, int]:
-        factor = self._reduction(info, faces) if info.format == "jpeg" and self.reduced_decode else 1
+        factor = self._reduction(info, faces) if info.format == "jpeg" else 1
         buf = np.frombuffer(data, dtype=np.uint8)
         try:
             image = cv2.imdecode(buf, _REDUCED_FLAGS[factor])

@@ -15,7 +15,6 @@ from processor.errors import (
     InvalidJson,
     InvalidSchema,
     MissingImage,
-    ProcessorError,
 )
 from processor.inflight import Headers, InFlight
 from schemas import ImageEvent
@@ -129,7 +128,3 @@ def _schema_message(exc: ValidationError) -> str:
 
 def _short(exc: BaseException) -> str:
     return str(exc)[:200]
-
-
-def describe(error: ProcessorError) -> str:
-    return f"{error.code}: {error.message}"

@@ -90,6 +90,3 @@ class OffsetTracker:
     def pending(self, tps: set[TopicPartition] | None = None) -> int:
         """Events not yet acknowledged, in the given partitions (all when None)."""
         return sum(len(p) for tp, p in self._parts.items() if tps is None or tp in tps)
-
-    def partitions(self) -> list[TopicPartition]:
-        return list(self._parts)

@@ -1,108 +1,18 @@
-"""Publish stage: builds result / dead-letter messages from the wire schemas and produces them with acknowledgement."""
+"""Publish stage: the idempotent (or transactional) producer that sends each decided outcome and records its ack."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from processor.errors import ProcessorError, Unrecoverable
-from processor.inflight import Headers, InFlight, Outcome
-from schemas import FaceScore, ScoreResult, SourceRef, StageTimings
+from processor.errors import Unrecoverable
+from processor.inflight import InFlight
 
 log = logging.getLogger(__name__)
-
-
-def _ms(start: float, end: float) -> float:
-    return round(max(0.0, end - start) * 1000.0, 3)
-
-
-def result_fields(item: InFlight) -> dict[str, Any]:
-    """The SPEC §5 result fields of a scored item, all but Kafka's `source` (shared with the /detect API).
-
-    With faces, the event's score is the face with the highest fake score.
-    """
-    assert item.probs is not None and item.scored_by is not None
-    labels, model = item.scored_by.labels, item.scored_by.ref
-    rows: list[list[float]] = item.probs.tolist()  # Python floats: rounding a numpy scalar costs ~10x more
-    worst = int(np.argmax(item.probs[:, labels.fake_index]))
-    label, is_fake, fake_score, scores = labels.fields(rows[worst])
-    faces = None
-    if item.faces:
-        faces = []
-        for box, row in zip(item.faces, rows, strict=True):
-            face_label, _, face_score, _ = labels.fields(row)
-            faces.append(FaceScore(box=box, fake_score=face_score, label=face_label))
-    now = time.monotonic()
-    return {
-        "event_id": item.event_id,
-        "post_id": item.post_id,
-        "user_id": item.user_id,
-        "label": label,
-        "is_fake": is_fake,
-        "fake_score": fake_score,
-        "scores": scores,
-        "faces": faces,
-        "model": model,
-        "timings_ms": StageTimings(
-            queue=_ms(item.consumed_at, item.decode_started),
-            decode=_ms(item.decode_started, item.decoded_at),
-            inference=round(item.inference_ms, 3),
-            total=_ms(item.consumed_at, now),
-        ),
-        "metadata": item.metadata,
-        "processed_at": _utc_now(),
-    }
-
-
-def result_outcome(item: InFlight, output_topic: str) -> Outcome:
-    """Build the SPEC §5 result message for OUTPUT_TOPIC."""
-    fields = result_fields(item)
-    result = ScoreResult(**fields, source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset))
-    headers: Headers = [("event_id", item.event_id.encode())]
-    return Outcome(
-        topic=output_topic,
-        value=result.model_dump_json(exclude_none=True).encode(),
-        headers=headers,
-        label=result.label,
-    )
-
-
-def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -> Outcome:
-    """The original value byte-for-byte plus the SPEC §5 error and source headers (original headers kept first)."""
-    headers: Headers = list(item.headers or [])
-    headers += [
-        ("error.code", error.code.encode()),
-        ("error.message", error.message.encode("utf-8", errors="replace")[:2000]),
-        ("error.stage", error.stage.encode()),
-        ("source.topic", item.topic.encode()),
-        ("source.partition", str(item.partition).encode()),
-        ("source.offset", str(item.offset).encode()),
-        ("source.timestamp", str(item.timestamp_ms if item.timestamp_ms is not None else "").encode()),
-    ]
-    if item.event_id:
-        headers.append(("event_id", item.event_id.encode("utf-8", errors="replace")))
-    return Outcome(topic=dlq_topic, value=item.value, headers=headers, code=error.code)
-
-
-_last_now: tuple[int, str] = (0, "")
-
-
-def _utc_now() -> str:
-    """ISO 8601 UTC to the millisecond; a batch's results share one formatting per millisecond."""
-    global _last_now
-    ms = time.time_ns() // 1_000_000
-    if _last_now[0] != ms:  # a race only formats the same instant twice
-        _last_now = (
-            ms,
-            datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        )
-    return _last_now[1]
 
 
 # DFP_KAFKA_* goes to both clients; these consumer-only keys would make librdkafka warn on the producer.

@@ -13,7 +13,7 @@ from processor.batcher import Batch, MicroBatcher
 from processor.engine import Engine
 from processor.errors import InferenceFailed, Unrecoverable
 from processor.inflight import InFlight
-from processor.metrics import Metrics
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

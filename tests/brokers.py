@@ -1,6 +1,6 @@
 """Test-side brokers: a real one-node Apache Kafka (KRaft) run from Maven Central jars.
 
-Tansu (processor.broker) backs most integration tests; this runner backs the `kafka`-marked ones,
+Tansu (devtools.broker) backs most integration tests; this runner backs the `kafka`-marked ones,
 which prove what Tansu cannot: read_committed isolation, watermarks, restarts. See docs/BROKERS.md.
 """
 
@@ -23,7 +23,7 @@ from typing import Protocol
 
 import pytest
 
-from processor.broker import broker_answers, free_port, log_tail, stop_process
+from devtools.broker import broker_answers, free_port, log_tail, stop_process
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from processor.broker import EmbeddedBroker, create_topics
+from devtools.broker import EmbeddedBroker, create_topics
 from tests.brokers import (
     ApacheKafka,
     ExternalCluster,

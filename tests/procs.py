@@ -14,8 +14,8 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from processor.broker import EMBEDDED_CLIENT_ENV, free_port
-from processor.runner import ProcessorProcess
+from devtools.broker import EMBEDDED_CLIENT_ENV, free_port
+from devtools.runner import ProcessorProcess
 
 # Tansu joins groups in ~half of session.timeout.ms; keep it short for every processor a test starts.
 FAST_GROUP = EMBEDDED_CLIENT_ENV

@@ -6,7 +6,7 @@ import json
 
 from confluent_kafka import Producer
 
-from processor.samples import sample_events
+from devtools.samples import sample_events
 from tests.procs import ProcessorProc, processor_env, read_topics
 
 N = 40

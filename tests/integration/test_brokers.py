@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from processor.broker import EmbeddedBroker, create_topics
+from devtools.broker import EmbeddedBroker, create_topics
 from tests.brokers import GROUP_CONSUMER_CONFIG, Cluster, RestartableCluster, TopicFactory
 
 

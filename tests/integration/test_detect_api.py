@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from processor.api import STATUS_BY_CODE
-from processor.bench_e2e import metric_samples
-from processor.broker import create_topics
-from processor.samples import encode, sample_events, synthetic_image
+from bench.e2e import metric_samples
+from devtools.broker import create_topics
+from devtools.samples import encode, sample_events, synthetic_image
+from processor.http.api import STATUS_BY_CODE
 from schemas import ScoreResult
 from schemas.api import DetectBatchResponse, DetectResult, ErrorResponse
 from tests.brokers import Cluster, TopicFactory

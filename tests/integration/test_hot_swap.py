@@ -10,9 +10,9 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from devtools.samples import sample_events
 from models.builder import build_model_dir
 from models.loader import bundled_model_dir, file_sha256
-from processor.samples import sample_events
 from tests.procs import processor_env, read_topics
 
 N_BEFORE, N_AFTER = 60, 60

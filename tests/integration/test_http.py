@@ -11,8 +11,8 @@ import numpy as np
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.broker import free_port
-from processor.samples import encode, synthetic_image
+from devtools.broker import free_port
+from devtools.samples import encode, synthetic_image
 from tests.brokers import Cluster
 from tests.integration.conftest import ProcessorFactory
 from tests.procs import ProcessorProc, processor_env, read_topics

@@ -16,7 +16,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from processor.broker import create_topics
+from devtools.broker import create_topics
 from tests.brokers import Cluster
 from tests.procs import ProcessorProc, new_processor, processor_env
 

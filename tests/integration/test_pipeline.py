@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from processor.samples import encode as encode_image
-from processor.samples import synthetic_image
+from devtools.samples import encode as encode_image
+from devtools.samples import synthetic_image
 from schemas import DLQ_HEADERS, ScoreResult
 from tests.brokers import Cluster
 from tests.corpus import bad_events, good_images

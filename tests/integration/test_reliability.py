@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from processor.broker import EmbeddedBroker, create_topics, free_port
+from devtools.broker import EmbeddedBroker, create_topics, free_port
 from tests.brokers import Cluster, RestartableCluster, TopicFactory
 from tests.corpus import jpeg_bytes, noise
 from tests.integration.conftest import ProcessorFactory

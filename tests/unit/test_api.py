@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from processor.api import STATUS_BY_CODE, ApiLimits, DetectApi, Reply, with_event_id
 from processor.errors import DLQ_ERRORS, ERROR_CODES, FetchFailed, InferenceFailed, ProcessorError
-from processor.http import Health
+from processor.http.api import STATUS_BY_CODE, ApiLimits, DetectApi, Reply, with_event_id
+from processor.http.multipart import parse_form
+from processor.http.openapi import openapi_document, to_openapi30
+from processor.http.server import Health
 from processor.inflight import Headers, InFlight
-from processor.metrics import Metrics
-from processor.multipart import parse_form
-from processor.openapi import openapi_document, to_openapi30
+from processor.telemetry.metrics import Metrics
 
 LIMITS = ApiLimits(max_body_bytes=1000, max_batch=3, timeout_s=2.0)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from processor.bench_report import ratios, slo_table, targets, write_section
-from processor.bench_workload import iter_events, relabelled
+from bench.report import ratios, slo_table, targets, write_section
+from bench.workload import iter_events, relabelled
 from processor.cli import main
 
 FIXED_KEYS = (

@@ -237,7 +237,7 @@ def test_metric_family_maps_histogram_and_counter_series_to_their_family() -> No
 def test_every_metric_in_the_dashboard_and_alerts_is_exported_by_the_processor() -> None:
     from prometheus_client import generate_latest
 
-    from processor.metrics import Metrics
+    from processor.telemetry.metrics import Metrics
 
     exposition = generate_latest(Metrics().registry).decode()
     exprs = _dashboard_exprs() + _alert_exprs()

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from processor.gpu import GpuMonitor, device_handle, load_nvml
-from processor.http import Health
-from processor.metrics import Metrics
+from processor.http.server import Health
+from processor.telemetry.gpu import GpuMonitor, device_handle, load_nvml
+from processor.telemetry.metrics import Metrics
 
 GiB = 1024**3
 
@@ -114,7 +114,7 @@ def test_absent_nvml_library_disables_gpu_metrics_with_one_info_line(
 ) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
     metrics, health = Metrics(), Health(gpu_available=True)
-    with caplog.at_level(logging.INFO, logger="processor.gpu"):
+    with caplog.at_level(logging.INFO, logger="processor.telemetry.gpu"):
         assert GpuMonitor.start_for(True, metrics, health) is None
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "nvidia-ml-py" in caplog.records[0].getMessage()
@@ -123,7 +123,7 @@ def test_absent_nvml_library_disables_gpu_metrics_with_one_info_line(
 
 def test_nvml_without_driver_or_device_disables_gpu_metrics(nvml: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:
     nvml.init_error = NVMLError("Driver Not Loaded")
-    with caplog.at_level(logging.INFO, logger="processor.gpu"):
+    with caplog.at_level(logging.INFO, logger="processor.telemetry.gpu"):
         assert load_nvml() is None
         nvml.init_error, nvml.devices = None, 0
         assert load_nvml() is None
@@ -141,7 +141,7 @@ def test_a_failing_read_keeps_the_last_values_and_warns_once(nvml: FakeNvml, cap
     monitor = GpuMonitor(nvml, "dev0", metrics, health)  # type: ignore[arg-type]
     monitor.poll_once()
     nvml.read_error = NVMLError("GPU is lost")
-    with caplog.at_level(logging.WARNING, logger="processor.gpu"):
+    with caplog.at_level(logging.WARNING, logger="processor.telemetry.gpu"):
         monitor.poll_once()
         monitor.poll_once()
     assert len(caplog.records) == 1

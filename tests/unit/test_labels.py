@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from processor.engine import Labels, probabilities
-from processor.publish import _utc_now
+from processor.outcomes import _utc_now
 
 REAL_FAKE = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.5)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import queue
 
 import pytest
 
-from processor.app import Processor
 from processor.errors import ImageDecodeFailed
 from processor.inflight import InFlight
 from processor.logs import JsonFormatter, TextFormatter, setup_logging
-from processor.settings import Settings
+from processor.outcomes import Outcomes
+from processor.telemetry.metrics import Metrics
 
 FIELDS = {"topic": "images.uploaded", "partition": 3, "offset": 42, "event_id": "e-7", "error.code": "invalid_json"}
 
@@ -48,26 +48,13 @@ def test_json_is_the_default_format_and_text_is_the_option() -> None:
         root.handlers[:], root.level = saved, level
 
 
-class _Loop:
-    def __init__(self) -> None:
-        self.completed: list[InFlight] = []
-
-    def complete(self, item: InFlight) -> None:
-        self.completed.append(item)
-
-
 @pytest.fixture
-def processor() -> Iterator[Processor]:
-    proc = Processor(Settings(http_host="127.0.0.1", http_port=0))
-    proc.loop = _Loop()  # type: ignore[assignment]
-    try:
-        yield proc
-    finally:
-        proc.http.server_close()
+def outcomes() -> Outcomes:
+    return Outcomes("out", "dlq", Metrics(), queue.SimpleQueue())
 
 
 def test_each_dead_letter_logs_one_debug_line_with_its_fields_and_nothing_at_info(
-    processor: Processor, caplog: pytest.LogCaptureFixture
+    outcomes: Outcomes, caplog: pytest.LogCaptureFixture
 ) -> None:
     for offset in (5, 6):
         item = InFlight(
@@ -81,9 +68,9 @@ def test_each_dead_letter_logs_one_debug_line_with_its_fields_and_nothing_at_inf
             event_id=f"e-{offset}",
         )
         item.error = ImageDecodeFailed("not an image")
-        with caplog.at_level(logging.DEBUG, logger="processor.app"):
-            processor._finish(item)
-    lines = [r for r in caplog.records if r.name == "processor.app"]
+        with caplog.at_level(logging.DEBUG, logger="processor.outcomes"):
+            outcomes.decide(item)
+    lines = [r for r in caplog.records if r.name == "processor.outcomes"]
     assert [r.levelno for r in lines] == [logging.DEBUG, logging.DEBUG]
     doc = json.loads(JsonFormatter().format(lines[1]))
     assert {k: doc[k] for k in ("topic", "partition", "offset", "event_id", "error.code")} == {
@@ -94,18 +81,16 @@ def test_each_dead_letter_logs_one_debug_line_with_its_fields_and_nothing_at_inf
         "error.code": "image_decode_failed",
     }
     assert (
-        processor.metrics.registry.get_sample_value(
+        outcomes.metrics.registry.get_sample_value(
             "deepfake_events_dead_lettered_total", {"code": "image_decode_failed"}
         )
         == 2.0
     )
 
 
-def test_dead_letters_log_nothing_when_the_level_is_info(
-    processor: Processor, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_dead_letters_log_nothing_when_the_level_is_info(outcomes: Outcomes, caplog: pytest.LogCaptureFixture) -> None:
     item = InFlight(topic="in", partition=0, offset=1, key=None, value=b"", headers=None, timestamp_ms=None)
     item.error = ImageDecodeFailed("not an image")
-    with caplog.at_level(logging.INFO, logger="processor.app"):
-        processor._finish(item)
-    assert not [r for r in caplog.records if r.name == "processor.app"]
+    with caplog.at_level(logging.INFO, logger="processor.outcomes"):
+        outcomes.decide(item)
+    assert not [r for r in caplog.records if r.name == "processor.outcomes"]

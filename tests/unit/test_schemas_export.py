@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from devtools.samples import json_event
 from processor.app import load_engine
 from processor.cli import main
 from processor.decode import DecodeLimits, Decoder, Preprocessor
 from processor.errors import ImageDecodeFailed
 from processor.inflight import InFlight
-from processor.publish import dead_letter_outcome, result_outcome
-from processor.samples import json_event
+from processor.outcomes import dead_letter_outcome, result_outcome
 from processor.settings import Settings
 from schemas import DLQ_HEADERS, DeadLetterHeaders, ScoreResult
 from schemas.export import DIALECT, SCHEMAS, export_schemas

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from processor.bench_report import fmt
+from bench.report import fmt
 
 _LINES = (("decode_only_images_per_s", "decode only", ":", "tab:purple"),
           ("pipeline_ceiling_images_per_s", "pipeline ceiling", "--", "tab:green"),

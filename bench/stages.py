@@ -1,6 +1,6 @@
 """Bench stage runners: the in-process stages (decode, model, pipeline) and the Kafka ones (baseline, e2e, latency).
 
-`processor.bench` parses the command line and writes the reports; this module runs the measurements and
+`bench.cli` parses the command line and writes the reports; this module runs the measurements and
 fills the result dict. The Kafka stages start the embedded broker and the processor subprocess themselves
 and stop both by PID whatever happens.
 """
@@ -22,9 +22,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from models.loader import resolve_model
-from processor import bench_inproc as inproc
-from processor.bench_e2e import (
+from bench import inproc as inproc
+from bench.e2e import (
     CpuWindow,
     ProcessorProcess,
     ResourceSampler,
@@ -36,10 +35,11 @@ from processor.bench_e2e import (
     timing_summary,
     wait_for_outputs,
 )
-from processor.bench_kafka import NaiveBaseline, OutputCollector, input_timestamps
-from processor.bench_report import model_only_best
-from processor.bench_workload import relabelled
-from processor.samples import SampleEvent
+from bench.kafka import NaiveBaseline, OutputCollector, input_timestamps
+from bench.report import model_only_best
+from bench.workload import relabelled
+from devtools.samples import SampleEvent
+from models.loader import resolve_model
 from processor.settings import Settings, Variant
 
 LOAD_PERCENTS = (25, 50, 75)
@@ -131,7 +131,7 @@ def _served(settings: Settings, result: dict[str, Any], args: argparse.Namespace
 def run_kafka(todo: list[str], settings: Settings, pool: list[SampleEvent], d: Durations, result: dict[str, Any],
               bar: Any, args: argparse.Namespace) -> None:  # fmt: skip
     """baseline, e2e, latency, slo against an embedded broker the bench starts and stops (by PID)."""
-    from processor.broker import EmbeddedBroker, create_topics
+    from devtools.broker import EmbeddedBroker, create_topics
 
     workdir = Path(tempfile.mkdtemp(prefix="dfp-bench-"))
     uid = uuid.uuid4().hex[:8]
@@ -186,14 +186,14 @@ class KafkaRun:
     def producer(self) -> Producer:
         """One producer for every stage: a new one spends its first ~0.5 s connecting and getting an
         idempotent producer id, which a paced run would count as latency of its first events."""
-        from processor.produce import make_producer
+        from devtools.produce import make_producer
 
         producer = make_producer(self.s.bootstrap_servers)
         producer.list_topics(timeout=10)
         return producer
 
     def backlog(self, topic: str, n: int, prefix: str) -> None:
-        from processor.produce import send
+        from devtools.produce import send
 
         self.bar.set_description(f"producing {n} events")
         send(self.producer, topic, relabelled(self.pool, n, prefix), total=n, progress=not self.args.no_progress)
@@ -202,7 +202,7 @@ class KafkaRun:
     def processor(self, topics: tuple[str, str, str], name: str,
                   overrides: dict[str, str] | None = None) -> Iterator[Running]:  # fmt: skip
         """A processor subprocess on `topics` (input, output, DLQ) with an output reader; stopped by PID."""
-        from processor.broker import free_port
+        from devtools.broker import free_port
 
         port = free_port()
         env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
@@ -243,7 +243,7 @@ class KafkaRun:
         With `warm_up`, the first `Durations.warm_up_s` of events (ids `<prefix>w-…`) are sent at the same
         rate but not counted: an adaptive batcher is measured in its steady state, not while it adapts.
         """
-        from processor.produce import send
+        from devtools.produce import send
 
         count = max(MIN_LATENCY_EVENTS, round(rate * self.d.latency_s))
         warm = round(rate * self.d.warm_up_s) if warm_up else 0

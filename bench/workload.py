@@ -1,7 +1,7 @@
 """Bench workload: the synthetic event mix every bench stage measures, and the model directories it runs.
 
 Every stage (decode alone, pipeline in process, the naive baseline, end to end) sees the same events, taken
-from `processor.samples.sample_events` and kept to the requested image formats (JPEG by default), so the
+from `devtools.samples.sample_events` and kept to the requested image formats (JPEG by default), so the
 ratios between stages compare like with like.
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from devtools.samples import SampleEvent, sample_events
 from models.loader import bundled_model_dir, find_variants
 from processor.errors import ConfigError
 from processor.inflight import InFlight
-from processor.samples import SampleEvent, sample_events
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "webp": b"RIFF"}
 # The first 64 base64 characters decode to 48 bytes: enough for any magic number above.
 _B64_HEAD = 64
 MIX_DESCRIPTION = (
-    "synthetic photos-like images from processor.samples.sample_events (seed 0), sizes cycled in the order "
+    "synthetic photos-like images from devtools.samples.sample_events (seed 0), sizes cycled in the order "
     "given, kept to the listed formats (JPEG q90 by default); 4 of 5 events are JSON envelopes with base64 "
     "images and 1 of 5 raw image bytes with an event_id header; 1 of 3 carries one face box (a third of "
     "the width, half the height); one crop is scored per event, so images/s = events/s"

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES, looks_like_json
 from processor.errors import InvalidJson, InvalidSchema, MissingImage, ProcessorError
+from processor.http.multipart import Part, parse_form
 from processor.inflight import Headers, InFlight
-from processor.multipart import Part, parse_form
-from processor.publish import result_fields
+from processor.outcomes import result_fields
 from processor.settings import Settings
 from schemas.api import DetectResult, ErrorDetail, ErrorResponse
 
 if TYPE_CHECKING:
-    from processor.http import Health
-    from processor.metrics import Metrics
+    from processor.telemetry.health import Health
+    from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

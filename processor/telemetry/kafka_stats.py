@@ -8,15 +8,15 @@ import time
 
 from confluent_kafka import KafkaError
 
-from processor.http import Health
-from processor.metrics import Metrics
+from processor.telemetry.health import Health
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 ERROR_LOG_EVERY_S = 30.0
 
 
-class KafkaHealth:
+class KafkaStats:
     """Callbacks run inside poll/consume on the consumer thread; `assigned` is the loop's live assignment set."""
 
     def __init__(self, health: Health, metrics: Metrics, assigned: set[tuple[str, int]]) -> None:

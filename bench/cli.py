@@ -18,12 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import inproc as inproc
+from bench.plot import plot
+from bench.report import cpu_view, machine_info, markdown, ratios, targets, write_section
+from bench.stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
+from bench.workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from models.loader import resolve_model
-from processor import bench_inproc as inproc
-from processor.bench_plot import plot
-from processor.bench_report import cpu_view, machine_info, markdown, ratios, targets, write_section
-from processor.bench_stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
-from processor.bench_workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from processor.settings import Settings, load_settings
 
 STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency", "slo")
@@ -173,12 +173,8 @@ def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m processor.bench …` (same as `deepfake-processor bench …`)."""
+    """`python -m bench.cli …` (same as `deepfake-processor bench …`)."""
     parser = argparse.ArgumentParser(prog="deepfake-processor")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
     return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

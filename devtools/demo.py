@@ -16,9 +16,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from processor.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port, stop_process
-from processor.produce import make_producer, send
-from processor.samples import sample_events
+from devtools.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port, stop_process
+from devtools.produce import make_producer, send
+from devtools.samples import sample_events
 
 TOPICS = ("images.uploaded", "images.deepfake-scores", "images.deepfake-dlq")
 

@@ -6,17 +6,16 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processor import SERVICE_NAME
-from processor.api import ROUTES, DetectApi
-from processor.metrics import Metrics
-from processor.openapi import openapi_document
+from processor.http.api import ROUTES, DetectApi
+from processor.http.openapi import openapi_document
+from processor.telemetry.health import Health
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -24,56 +23,6 @@ Reloader = Callable[[Path | None, str | None], dict[str, Any]]
 _ADMIN_BODY_LIMIT = 64 * 1024
 # After refusing a body unread, read (and drop) this much of it, so the client sees the reply instead of a reset.
 _DISCARD_BYTES = 4 * 1024 * 1024
-
-
-@dataclass
-class Health:
-    """What the processor knows about itself; written by the pipeline, read by HTTP handlers."""
-
-    model_loaded: bool = False
-    warmed_up: bool = False
-    joined_group: bool = False
-    kafka_connected: bool = False
-    stopping: bool = False
-    fatal: str | None = None
-    gpu_available: bool = False
-    provider: str | None = None
-    variant: str | None = None
-    model_name: str | None = None
-    model_sha256: str | None = None
-    assigned_partitions: int = 0
-    lag: int | None = None
-    memory: dict[str, float | None] = field(
-        default_factory=lambda: {"gpu_memory_percent": None, "used_mb": None, "total_mb": None}
-    )
-
-    @property
-    def ready(self) -> bool:
-        return self.model_loaded and self.warmed_up and self.joined_group and not self.stopping and not self.fatal
-
-    def status(self) -> str:
-        if self.fatal or not self.model_loaded:
-            return "unhealthy"
-        return "healthy" if self.ready and self.kafka_connected else "degraded"
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "status": self.status(),
-            "service": SERVICE_NAME,
-            "ready": self.ready,
-            "model_loaded": self.model_loaded,
-            "gpu_available": self.gpu_available,
-            "provider": self.provider,
-            "variant": self.variant,
-            "model": {"name": self.model_name, "sha256": self.model_sha256},
-            "memory_usage": dict(self.memory),
-            "kafka": {
-                "connected": self.kafka_connected,
-                "assigned_partitions": self.assigned_partitions,
-                "lag": self.lag,
-            },
-            "error": self.fatal,
-        }
 
 
 class _Handler(BaseHTTPRequestHandler):

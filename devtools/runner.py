@@ -1,6 +1,6 @@
 """One `python -m processor run` child process: start it, ask its HTTP port, wait until ready, stop it by PID.
 
-Shared by the bench (`processor.bench_e2e`) and the integration tests (`tests/procs.py`), so both drive the
+Shared by the bench (`bench.e2e`) and the integration tests (`tests/procs.py`), so both drive the
 real service the same way.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from processor.broker import stop_process
+from devtools.broker import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

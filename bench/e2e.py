@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from processor.bench_inproc import StageRun
-from processor.bench_kafka import Output, OutputCollector
-from processor.broker import EMBEDDED_CLIENT_ENV
-from processor.runner import PROJECT_ROOT, ProcessorProcess  # bench_stages imports ProcessorProcess from here
+from bench.inproc import StageRun
+from bench.kafka import Output, OutputCollector
+from devtools.broker import EMBEDDED_CLIENT_ENV
+from devtools.runner import PROJECT_ROOT, ProcessorProcess  # bench_stages imports ProcessorProcess from here
 from processor.settings import Settings
 
 MiB = 1024 * 1024

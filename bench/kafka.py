@@ -16,14 +16,17 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from bench.inproc import StageRun, limits_of
 from processor.app import load_engine
-from processor.bench_inproc import StageRun, limits_of
 from processor.decode import Decoder, Preprocessor
 from processor.engine import Engine
 from processor.errors import ProcessorError
+from processor.imageinfo import ImageInfo
 from processor.inflight import Headers, InFlight, Outcome
-from processor.publish import dead_letter_outcome, producer_config, result_outcome
+from processor.outcomes import dead_letter_outcome, result_outcome
+from processor.publish import producer_config
 from processor.settings import Settings
+from schemas import FaceBox
 
 MiB = 1024 * 1024
 FIRST_MESSAGE_TIMEOUT_S = 60.0
@@ -115,6 +118,13 @@ def input_timestamps(bootstrap: str, topic: str, partitions: int, wanted: set[tu
     return found
 
 
+class FullResolutionDecoder(Decoder):
+    """The seed's decode: always full resolution, never JPEG DCT scaling (1/2, 1/4, 1/8)."""
+
+    def _reduction(self, info: ImageInfo, faces: list[FaceBox] | None) -> int:
+        return 1
+
+
 class NaiveBaseline:
     """The seed's loop: everything synchronous on the consumer thread, one message at a time."""
 
@@ -123,7 +133,7 @@ class NaiveBaseline:
         pre = Preprocessor(self.engine.model.preprocess)
         self.engine.warm_up(pre.shape)
         # The seed decoded at full resolution (no JPEG DCT scaling); so does the baseline.
-        self.decoder = Decoder(pre, limits_of(settings), None, reduced_decode=False)
+        self.decoder = FullResolutionDecoder(pre, limits_of(settings), None)
         self.output_topic, self.dlq_topic = output_topic, dlq_topic
         self.producer = Producer(producer_config(settings.bootstrap_servers, {}, 64 * MiB, None))
         self.consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-baseline",

@@ -12,7 +12,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from processor.samples import SampleEvent, json_event, sample_events
+from devtools.samples import SampleEvent, json_event, sample_events
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

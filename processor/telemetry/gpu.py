@@ -9,8 +9,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from processor.http import Health
-from processor.metrics import Metrics
+from processor.telemetry.health import Health, unknown_memory
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class GpuMonitor:
             return current if current is not None else cls.start_for(True, metrics, health)
         if current is not None:
             current.stop()
-            health.memory = {"gpu_memory_percent": None, "used_mb": None, "total_mb": None}
+            health.memory = unknown_memory()
         return None
 
     def poll_once(self) -> None:

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.workload import to_inflight
+from devtools.samples import SampleEvent
 from models.loader import find_variants, resolve_model
 from processor.app import load_engine
 from processor.batcher import MicroBatcher
-from processor.bench_workload import to_inflight
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
 from processor.engine import Engine
 from processor.inflight import InFlight
-from processor.metrics import Metrics
-from processor.publish import dead_letter_outcome, result_outcome
-from processor.samples import SampleEvent
+from processor.outcomes import Outcomes
 from processor.scorer import Scorer
 from processor.settings import Settings
+from processor.telemetry.metrics import Metrics
 
 DRAIN_TIMEOUT_S = 600.0
 
@@ -62,7 +62,8 @@ class _Completion:
         self._expected: int | None = None
         self.all_done = threading.Event()
 
-    def finish(self, item: InFlight) -> None:
+    def put(self, item: InFlight) -> None:
+        """One event decided (its outcome built)."""
         item.crops = None
         with self._lock:
             self.done += 1
@@ -106,9 +107,9 @@ def decode_only(settings: Settings, events: Sequence[SampleEvent], seconds: floa
 
     def failed(item: InFlight) -> None:
         failures.append(item)
-        completion.finish(item)
+        completion.put(item)
 
-    pool = DecodePool(decoder, settings.decode_workers, completion.finish, failed)
+    pool = DecodePool(decoder, settings.decode_workers, completion.put, failed)
     try:
         run = _drive(pool.submit, events, seconds, completion)
     finally:
@@ -162,16 +163,10 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
     # drain tail of minutes with a slow model (the rate counts every image either way).
     completion = _Completion(min(settings.max_in_flight, 2 * settings.max_batch_size + 2 * settings.decode_workers))
 
-    def finish(item: InFlight) -> None:  # what Processor._finish does, minus the metrics
-        if item.error is not None:
-            item.outcome = dead_letter_outcome(item, item.error, "dlq")
-        else:
-            item.outcome = result_outcome(item, "out")
-        completion.finish(item)
-
     metrics = Metrics()
-    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, batcher.put, finish)
-    scorer = Scorer(batcher, lambda: engine, finish, metrics)
+    outcomes = Outcomes("out", "dlq", metrics, completion)
+    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, batcher.put, outcomes.decide)
+    scorer = Scorer(batcher, lambda: engine, outcomes.decide, metrics)
     scorer.start()
     try:
         run = _drive(pool.submit, events, seconds, completion)

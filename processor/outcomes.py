@@ -1,0 +1,162 @@
+"""Outcome stage: turns each event's fate into its one outcome — a result or a dead letter — and hands it on.
+
+Called directly on the thread that decided the fate: a decode worker (the event failed a check) or the
+scorer (the batch ran). The decided event goes onto the `decided` queue that the consumer thread drains:
+that queue is the one hand-off from worker threads back to the consumer, which produces in offset order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from processor.errors import ProcessorError
+from processor.inflight import Headers, InFlight, Outcome
+from processor.telemetry.metrics import Metrics
+from schemas import FaceScore, ScoreResult, SourceRef, StageTimings
+
+log = logging.getLogger(__name__)
+
+#: Decided events, from decode/scoring threads to the consumer thread (see module docstring).
+Decided = queue.SimpleQueue[InFlight]
+
+
+class DecidedSink(Protocol):
+    """Where decided events go: the consumer's `Decided` queue in the service, a counter in the bench."""
+
+    def put(self, item: InFlight) -> None:
+        """Take one decided event (called on decode/scoring threads)."""
+        ...
+
+
+class Outcomes:
+    """Builds each event's outcome on the deciding thread, counts it, and puts the event on `decided`."""
+
+    def __init__(self, output_topic: str, dlq_topic: str, metrics: Metrics, decided: DecidedSink) -> None:
+        self.output_topic = output_topic
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self.decided = decided
+
+    def decide(self, item: InFlight) -> None:
+        """Set `item.outcome` (result or dead letter), count it, and hand the event to the consumer thread.
+
+        An event of the synchronous HTTP API (/detect) is answered through its waiter instead.
+        """
+        if item.waiter is not None:
+            item.waiter.set_result(item)
+            return
+        m = self.metrics
+        if item.error is not None:
+            item.outcome = dead_letter_outcome(item, item.error, self.dlq_topic)
+            m.dead_lettered.labels(code=item.error.code).inc()
+            if log.isEnabledFor(logging.DEBUG):  # one line per dead letter, never at INFO (hot path)
+                where = {"topic": item.topic, "partition": item.partition, "offset": item.offset}
+                log.debug("dead letter", extra={**where, "event_id": item.event_id, "error.code": item.error.code})
+        else:
+            item.outcome = result_outcome(item, self.output_topic)
+            m.scored.labels(label=item.outcome.label or "").inc()
+        if item.decode_started:
+            m.stage_latency.labels(stage="queue").observe(item.decode_started - item.consumed_at)
+            m.stage_latency.labels(stage="decode").observe(max(0.0, item.decoded_at - item.decode_started))
+        self.decided.put(item)
+
+    def delivered(self, item: InFlight) -> None:
+        """The broker acknowledged the event's outcome: record produce and end-to-end latency."""
+        now = time.monotonic()
+        self.metrics.stage_latency.labels(stage="produce").observe(now - item.produced_at)
+        if item.timestamp_ms is not None:
+            e2e = time.time() - item.timestamp_ms / 1000.0
+            self.metrics.stage_latency.labels(stage="end_to_end").observe(max(0.0, e2e))
+
+
+def _ms(start: float, end: float) -> float:
+    return round(max(0.0, end - start) * 1000.0, 3)
+
+
+def result_fields(item: InFlight) -> dict[str, Any]:
+    """The SPEC §5 result fields of a scored item, all but Kafka's `source` (shared with the /detect API).
+
+    With faces, the event's score is the face with the highest fake score.
+    """
+    assert item.probs is not None and item.scored_by is not None
+    labels, model = item.scored_by.labels, item.scored_by.ref
+    rows: list[list[float]] = item.probs.tolist()  # Python floats: rounding a numpy scalar costs ~10x more
+    worst = int(np.argmax(item.probs[:, labels.fake_index]))
+    label, is_fake, fake_score, scores = labels.fields(rows[worst])
+    faces = None
+    if item.faces:
+        faces = []
+        for box, row in zip(item.faces, rows, strict=True):
+            face_label, _, face_score, _ = labels.fields(row)
+            faces.append(FaceScore(box=box, fake_score=face_score, label=face_label))
+    now = time.monotonic()
+    return {
+        "event_id": item.event_id,
+        "post_id": item.post_id,
+        "user_id": item.user_id,
+        "label": label,
+        "is_fake": is_fake,
+        "fake_score": fake_score,
+        "scores": scores,
+        "faces": faces,
+        "model": model,
+        "timings_ms": StageTimings(
+            queue=_ms(item.consumed_at, item.decode_started),
+            decode=_ms(item.decode_started, item.decoded_at),
+            inference=round(item.inference_ms, 3),
+            total=_ms(item.consumed_at, now),
+        ),
+        "metadata": item.metadata,
+        "processed_at": _utc_now(),
+    }
+
+
+def result_outcome(item: InFlight, output_topic: str) -> Outcome:
+    """Build the SPEC §5 result message for OUTPUT_TOPIC."""
+    fields = result_fields(item)
+    result = ScoreResult(**fields, source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset))
+    headers: Headers = [("event_id", item.event_id.encode())]
+    return Outcome(
+        topic=output_topic,
+        value=result.model_dump_json(exclude_none=True).encode(),
+        headers=headers,
+        label=result.label,
+    )
+
+
+def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -> Outcome:
+    """The original value byte-for-byte plus the SPEC §5 error and source headers (original headers kept first)."""
+    headers: Headers = list(item.headers or [])
+    headers += [
+        ("error.code", error.code.encode()),
+        ("error.message", error.message.encode("utf-8", errors="replace")[:2000]),
+        ("error.stage", error.stage.encode()),
+        ("source.topic", item.topic.encode()),
+        ("source.partition", str(item.partition).encode()),
+        ("source.offset", str(item.offset).encode()),
+        ("source.timestamp", str(item.timestamp_ms if item.timestamp_ms is not None else "").encode()),
+    ]
+    if item.event_id:
+        headers.append(("event_id", item.event_id.encode("utf-8", errors="replace")))
+    return Outcome(topic=dlq_topic, value=item.value, headers=headers, code=error.code)
+
+
+_last_now: tuple[int, str] = (0, "")
+
+
+def _utc_now() -> str:
+    """ISO 8601 UTC to the millisecond; a batch's results share one formatting per millisecond."""
+    global _last_now
+    ms = time.time_ns() // 1_000_000
+    if _last_now[0] != ms:  # a race only formats the same instant twice
+        _last_now = (
+            ms,
+            datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+    return _last_now[1]
