@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from processor.errors import ConfigError
+from models.errors import ModelError
 
 # Mirrors models.builder.ARCHS, which cannot be imported here without onnx (a test keeps them equal).
 ARCH_CHOICES = ("vit-b16", "vit-tiny")
@@ -62,7 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         out = build_model_dir(args.arch, args.out, seed=args.seed, labels=labels, image_size=args.image_size)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ModelError(str(exc)) from None
     model = out / "onnx" / "model.onnx"
     print(f"built {args.arch} (seed {args.seed}, labels {', '.join(labels)}): {model} {_mb(model)}")
     return 0
@@ -85,7 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from models.inspect import format_table, inspect_model_dir, write_json
 
     if args.images < 1 or args.runs < 1:
-        raise ConfigError("--images and --runs must be at least 1")
+        raise ModelError("--images and --runs must be at least 1")
     batch_sizes = _positive_ints(args.batch_sizes, "--batch-sizes")
     reports = inspect_model_dir(
         args.dir,
@@ -115,7 +115,7 @@ def _models_extra() -> Iterator[None]:
     try:
         yield
     except ImportError as exc:
-        raise ConfigError(
+        raise ModelError(
             f"this command needs the [models] extra ({exc.name or exc}): pip install 'deepfake-processor[models]'"
         ) from None
 
@@ -124,9 +124,9 @@ def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"{flag}: expected a comma list of integers, got {text!r}") from None
+        raise ModelError(f"{flag}: expected a comma list of integers, got {text!r}") from None
     if not values or min(values) < 1:
-        raise ConfigError(f"{flag}: batch sizes must be at least 1, got {text!r}")
+        raise ModelError(f"{flag}: batch sizes must be at least 1, got {text!r}")
     return values
 
 

@@ -22,8 +22,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from models.postprocess import probabilities
 from models.validate import model_variants, open_session, synthetic_images
-from processor.engine import probabilities
 
 DEFAULT_IMAGES = 32
 DEFAULT_RUNS = 3

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.errors import ModelError
 from models.preprocess import PreprocessConfig, default_preprocess_config, load_preprocess_config, read_json
-from processor.errors import ConfigError
 
 # File names per variant, in the order they are looked for (transformers.js names int8 either way).
 VARIANT_FILES: dict[str, list[str]] = {
@@ -55,20 +55,20 @@ def resolve_model(model_dir: str | Path | None, variant: str = "auto", *, gpu: b
     `.onnx` file, or None for the bundled model. `variant="auto"` picks, among the files present,
     fp16 on a GPU and int8 on a CPU, falling back to fp32 (then the rest, see AUTO_ORDER_*): on a
     CPU only int8 runs faster than fp32, while on a GPU fp16 is the fast path. An explicitly named
-    variant that is absent is a ConfigError listing the variants present. External weights
+    variant that is absent is a ModelError listing the variants present. External weights
     (`*.onnx_data`) stay next to the model file, where onnxruntime looks for them.
     """
     if variant != "auto" and variant not in VARIANT_FILES:
-        raise ConfigError(f"unknown model variant {variant!r}; use auto or one of {', '.join(VARIANT_FILES)}")
+        raise ModelError(f"unknown model variant {variant!r}; use auto or one of {', '.join(VARIANT_FILES)}")
     path = bundled_model_dir() if model_dir is None else Path(model_dir)
     if path.is_file():
         return _resolve_single_file(path, variant)
     if not path.is_dir():
-        raise ConfigError(f"model path {path} does not exist")
+        raise ModelError(f"model path {path} does not exist")
     present = find_variants(path)
     if not present:
         names = sorted({n for files in VARIANT_FILES.values() for n in files})
-        raise ConfigError(f"no ONNX model in {path} or {path / 'onnx'} (looked for {', '.join(names)})")
+        raise ModelError(f"no ONNX model in {path} or {path / 'onnx'} (looked for {', '.join(names)})")
     chosen = _choose_variant(present, variant, gpu, path)
     onnx_path = present[chosen]
     return ModelFiles(
@@ -98,7 +98,7 @@ def _choose_variant(present: dict[str, Path], variant: str, gpu: bool, model_dir
         order = AUTO_ORDER_GPU if gpu else AUTO_ORDER_CPU
         return next(v for v in order if v in present)
     if variant not in present:
-        raise ConfigError(
+        raise ModelError(
             f"model variant {variant!r} ({' or '.join(VARIANT_FILES[variant])}) is not in {model_dir}; "
             f"present: {', '.join(present)}"
         )
@@ -108,11 +108,11 @@ def _choose_variant(present: dict[str, Path], variant: str, gpu: bool, model_dir
 def _resolve_single_file(path: Path, variant: str) -> ModelFiles:
     """A bare .onnx file: labels from the output width, ViT defaults for preprocessing."""
     if path.suffix != ".onnx":
-        raise ConfigError(f"model file {path} is not an .onnx file")
+        raise ModelError(f"model file {path} is not an .onnx file")
     match = _VARIANT_SUFFIX.search(path.stem)
     inferred = {"quantized": "int8"}.get(match.group(1), match.group(1)) if match else "fp32"
     if variant not in ("auto", inferred):
-        raise ConfigError(
+        raise ModelError(
             f"model file {path} looks like variant {inferred!r}, not {variant!r}; "
             "to choose among variants pass the model directory"
         )
@@ -135,12 +135,12 @@ def _probe_shapes(path: Path) -> tuple[int, int, int]:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own (unexported) exception types for bad files
-        raise ConfigError(f"model file {path} cannot be loaded by onnxruntime: {exc}") from exc
+        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {exc}") from exc
     out_shape = session.get_outputs()[0].shape
     in_shape = session.get_inputs()[0].shape
     num_classes = out_shape[-1] if out_shape else None
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(
+        raise ModelError(
             f"model file {path}: output {session.get_outputs()[0].name!r} has no fixed class count "
             f"(shape {out_shape}); use a model directory with config.json"
         )
@@ -170,14 +170,14 @@ def load_id2label(path: Path) -> dict[int, str]:
     data = read_json(path, "model config")
     raw = data.get("id2label") if isinstance(data, dict) else None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: key 'id2label' is missing or not a non-empty object")
+        raise ModelError(f"{path}: key 'id2label' is missing or not a non-empty object")
     id2label: dict[int, str] = {}
     for key, label in raw.items():
         if not (isinstance(key, str) and key.isdigit() and isinstance(label, str) and label):
-            raise ConfigError(f"{path}: key 'id2label' entry {key!r}: {label!r} is not an index and a label")
+            raise ModelError(f"{path}: key 'id2label' entry {key!r}: {label!r} is not an index and a label")
         id2label[int(key)] = label
     if sorted(id2label) != list(range(len(id2label))):
-        raise ConfigError(f"{path}: key 'id2label' indices must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
+        raise ModelError(f"{path}: key 'id2label' indices must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
     return dict(sorted(id2label.items()))
 
 
@@ -192,13 +192,13 @@ def fake_class_index(id2label: dict[int, str], fake_label: str | None) -> int:
         wanted = fake_label.lower()
         found = next((i for i, label in by_lower if label == wanted), None)
         if found is None:
-            raise ConfigError(f"fake label {fake_label!r} is not a model label; labels: {list(id2label.values())}")
+            raise ModelError(f"fake label {fake_label!r} is not a model label; labels: {list(id2label.values())}")
         return found
     for matches in (lambda s: s in FAKE_LABEL_WORDS, lambda s: any(w in s for w in FAKE_LABEL_WORDS)):
         found = next((i for i, label in by_lower if matches(label)), None)
         if found is not None:
             return found
-    raise ConfigError(
+    raise ModelError(
         f"no label looks like the fake class (fake/deepfake/spoof) in {list(id2label.values())}; set FAKE_LABEL"
     )
 

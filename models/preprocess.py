@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from processor.errors import ConfigError
+from models.errors import ModelError
 
 # PIL resampling codes (what HF configs store) -> OpenCV interpolation flags. PIL's BOX (4) is
 # area averaging; PIL's HAMMING (5) has no OpenCV counterpart, bilinear is the closest.
@@ -62,20 +62,20 @@ class PreprocessConfig:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """A model directory's JSON file; unreadable or invalid → ConfigError naming the file."""
+    """A model directory's JSON file; unreadable or invalid → ModelError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+        raise ModelError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        raise ModelError(f"{path}: not valid JSON: {exc}") from exc
 
 
 def load_preprocess_config(path: Path) -> PreprocessConfig:
-    """Read and validate `preprocessor_config.json`; any problem is a ConfigError naming the file and key."""
+    """Read and validate `preprocessor_config.json`; any problem is a ModelError naming the file and key."""
     data = read_json(path, "preprocessor config")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return parse_preprocess_config(data, str(path))
 
 
@@ -89,11 +89,11 @@ def parse_preprocess_config(data: Mapping[str, Any], source: str) -> PreprocessC
     height, width, shortest_edge = _parse_size(data, source)
     resample = data.get("resample", DEFAULT_RESAMPLE)
     if isinstance(resample, bool) or resample not in PIL_TO_CV2:
-        raise ConfigError(f"{source}: key 'resample' must be a PIL resampling code 0-5, got {resample!r}")
+        raise ModelError(f"{source}: key 'resample' must be a PIL resampling code 0-5, got {resample!r}")
     rescale_factor = _number(data.get("rescale_factor", DEFAULT_RESCALE_FACTOR), source, "rescale_factor")
     image_std = _triple(data.get("image_std", DEFAULT_MEAN_STD), source, "image_std")
     if any(s == 0 for s in image_std):
-        raise ConfigError(f"{source}: key 'image_std' must not contain 0, got {list(image_std)}")
+        raise ModelError(f"{source}: key 'image_std' must not contain 0, got {list(image_std)}")
     return PreprocessConfig(
         height=height,
         width=width,
@@ -125,8 +125,8 @@ def _parse_size(data: Mapping[str, Any], source: str) -> tuple[int, int, int | N
             return crop, crop, edge
         if _is_height_width(crop):
             return (*_height_width(crop, source, "crop_size"), edge)
-        raise ConfigError(f"{source}: key 'crop_size' must be an int or {{height, width}}, got {crop!r}")
-    raise ConfigError(f"{source}: key 'size' must be an int, {{height, width}} or {{shortest_edge}}, got {size!r}")
+        raise ModelError(f"{source}: key 'crop_size' must be an int or {{height, width}}, got {crop!r}")
+    raise ModelError(f"{source}: key 'size' must be an int, {{height, width}} or {{shortest_edge}}, got {size!r}")
 
 
 def _is_height_width(value: Any) -> bool:
@@ -143,13 +143,13 @@ def _is_dimension(value: Any) -> bool:
 
 def _dimension(value: Any, source: str, key: str) -> int:
     if not _is_dimension(value):
-        raise ConfigError(f"{source}: key '{key}' must be a positive integer, got {value!r}")
+        raise ModelError(f"{source}: key '{key}' must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _number(value: Any, source: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value!r}")
+        raise ModelError(f"{source}: key '{key}' must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -159,7 +159,7 @@ def _triple(value: Any, source: str, key: str) -> tuple[float, float, float]:
         r, g, b = (_number(v, source, key) for v in value)
         return r, g, b
     if isinstance(value, list):
-        raise ConfigError(f"{source}: key '{key}' must be a number or a list of 3 numbers, got {value!r}")
+        raise ModelError(f"{source}: key '{key}' must be a number or a list of 3 numbers, got {value!r}")
     one = _number(value, source, key)
     return one, one, one
 
@@ -167,5 +167,5 @@ def _triple(value: Any, source: str, key: str) -> tuple[float, float, float]:
 def _flag(data: Mapping[str, Any], key: str, source: str) -> bool:
     value = data.get(key, True)
     if not isinstance(value, bool):
-        raise ConfigError(f"{source}: key '{key}' must be true or false, got {value!r}")
+        raise ModelError(f"{source}: key '{key}' must be true or false, got {value!r}")
     return value

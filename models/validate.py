@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from models.errors import ModelError
 from models.loader import ModelFiles, fake_class_index, find_variants, resolve_model
 from models.preprocess import PreprocessConfig
-from processor.errors import ConfigError
 
 INPUT_NAME = "pixel_values"
 INPUT_TYPE = "tensor(float)"
@@ -50,7 +50,7 @@ class ModelSummary:
 def model_variants(path: Path, variant: str | None = None) -> tuple[ModelFiles, dict[str, Path]]:
     """The directory (or bare .onnx file) as the processor resolves it, and the variant files to check.
 
-    `resolve_model` raises the processor's own ConfigError for a missing path, no model file, an absent
+    `resolve_model` raises the processor's own ModelError for a missing path, no model file, an absent
     or unknown variant, and an unreadable or invalid config.json / preprocessor_config.json.
     """
     files = resolve_model(path, variant or "auto")
@@ -60,7 +60,7 @@ def model_variants(path: Path, variant: str | None = None) -> tuple[ModelFiles, 
 
 
 def validate_model_dir(path: Path, variant: str | None = None, fake_label: str | None = None) -> ModelSummary:
-    """Return a summary when every checked variant would serve; otherwise raise ConfigError listing all problems."""
+    """Return a summary when every checked variant would serve; otherwise raise ModelError listing all problems."""
     files, variants = model_variants(path, variant)
     fake_index = fake_class_index(files.id2label, fake_label)
     problems: list[str] = []
@@ -70,7 +70,7 @@ def validate_model_dir(path: Path, variant: str | None = None, fake_label: str |
         problems += [f"{name} ({onnx_path.name}): {problem}" for problem in found]
         input_shape = input_shape or shape
     if problems:
-        raise ConfigError(f"{path} would not serve:\n  " + "\n  ".join(problems))
+        raise ModelError(f"{path} would not serve:\n  " + "\n  ".join(problems))
     labels = tuple(files.id2label[i] for i in sorted(files.id2label))
     return ModelSummary(path, labels, labels[fake_index], input_shape, tuple(variants))
 

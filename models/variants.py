@@ -18,8 +18,8 @@ from pathlib import Path
 import onnx
 
 from models.builder import EXTERNAL_DATA_THRESHOLD_BYTES
+from models.errors import ModelError
 from models.loader import VARIANT_FILES, find_variants
-from processor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     wanted = {name.strip() for name in text.split(",") if name.strip()}
     unknown = sorted(wanted - set(DERIVED_VARIANTS))
     if unknown or not wanted:
-        raise ConfigError(f"--only: unknown variant(s) {unknown or [text]}; choose from {', '.join(DERIVED_VARIANTS)}")
+        raise ModelError(f"--only: unknown variant(s) {unknown or [text]}; choose from {', '.join(DERIVED_VARIANTS)}")
     return tuple(v for v in DERIVED_VARIANTS if v in wanted)
 
 
@@ -58,7 +58,7 @@ def derive_variants(model_dir: Path, only: Sequence[str] = DERIVED_VARIANTS) -> 
     """
     source = find_variants(model_dir).get("fp32") if model_dir.is_dir() else None
     if source is None:
-        raise ConfigError(f"no fp32 model (onnx/model.onnx or model.onnx) in {model_dir} to derive variants from")
+        raise ModelError(f"no fp32 model (onnx/model.onnx or model.onnx) in {model_dir} to derive variants from")
     out_dir = model_dir / "onnx"
     out_dir.mkdir(exist_ok=True)
     written: list[DerivedVariant] = []

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from models.errors import ModelError
 from processor.errors import ConfigError
 from processor.settings import Settings, flag_name, load_settings
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, ModelError) as exc:
         print(f"deepfake-processor: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.loader import ModelFiles, fake_class_index
+from models.postprocess import probabilities
 from processor.errors import ConfigError
 from processor.settings import Providers
 from processor.static_binding import StaticBindings, TensorSpec
@@ -96,17 +97,6 @@ class Labels:
             label = self.names[max(others, key=lambda i: probs[i])] if others else self.names[self.fake_index]
         scores = {name: round(float(p), 6) for name, p in zip(self.names, probs, strict=True)}
         return label, is_fake, round(fake_score, 6), scores
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Softmax over classes; sigmoid when the model has one logit (then [1-p, p] as two classes)."""
-    logits = logits.astype(np.float32, copy=False)
-    if logits.shape[1] == 1:
-        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-        return np.stack([1.0 - p, p], axis=1)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 class Engine:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from processor.engine import Labels, probabilities
+from models.postprocess import probabilities
+from processor.engine import Labels
 from processor.outcomes import _utc_now
 
 REAL_FAKE = Labels(names=("Real", "Fake"), fake_index=1, threshold=0.5)

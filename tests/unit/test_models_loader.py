@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from models.builder import build_model_dir
+from models.errors import ModelError
 from models.loader import bundled_model_dir, fake_class_index, find_variants, resolve_model
-from processor.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,12 @@ def test_model_quantized_onnx_is_accepted_as_int8(model_dir: Path) -> None:
 
 def test_explicit_variant_that_is_absent_lists_what_is_present(model_dir: Path) -> None:
     _add(model_dir, "model_int8.onnx")
-    with pytest.raises(ConfigError, match=r"'q4' \(model_q4.onnx\) is not in .*present: fp32, int8"):
+    with pytest.raises(ModelError, match=r"'q4' \(model_q4.onnx\) is not in .*present: fp32, int8"):
         resolve_model(model_dir, "q4")
 
 
 def test_unknown_variant_name_is_a_config_error(model_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown model variant 'int4'"):
+    with pytest.raises(ModelError, match="unknown model variant 'int4'"):
         resolve_model(model_dir, "int4")
 
 
@@ -109,12 +109,12 @@ def test_external_data_file_stays_beside_the_model(model_dir: Path) -> None:
 
 
 def test_directory_without_onnx_files_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no ONNX model in"):
+    with pytest.raises(ModelError, match="no ONNX model in"):
         resolve_model(tmp_path)
 
 
 def test_missing_path_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         resolve_model(tmp_path / "missing")
 
 
@@ -139,14 +139,14 @@ def test_single_file_with_other_class_count_and_size_uses_generic_labels_and_its
 
 
 def test_single_file_with_a_contradicting_explicit_variant_is_a_config_error(model_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="looks like variant 'fp32', not 'fp16'"):
+    with pytest.raises(ModelError, match="looks like variant 'fp32', not 'fp16'"):
         resolve_model(model_dir / "onnx" / "model.onnx", "fp16")
 
 
 def test_unloadable_single_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"not a protobuf")
-    with pytest.raises(ConfigError, match="cannot be loaded by onnxruntime"):
+    with pytest.raises(ModelError, match="cannot be loaded by onnxruntime"):
         resolve_model(path)
 
 
@@ -162,19 +162,19 @@ def test_unloadable_single_file_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_missing_or_invalid_id2label_is_a_config_error_naming_config_json(model_dir: Path, config: object) -> None:
     (model_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"config\.json: key 'id2label'"):
+    with pytest.raises(ModelError, match=r"config\.json: key 'id2label'"):
         resolve_model(model_dir)
 
 
 def test_missing_config_json_is_a_config_error_naming_it(model_dir: Path) -> None:
     (model_dir / "config.json").unlink()
-    with pytest.raises(ConfigError, match=r"config\.json: cannot read"):
+    with pytest.raises(ModelError, match=r"config\.json: cannot read"):
         resolve_model(model_dir)
 
 
 def test_missing_preprocessor_config_is_a_config_error_naming_it(model_dir: Path) -> None:
     (model_dir / "preprocessor_config.json").unlink()
-    with pytest.raises(ConfigError, match=r"preprocessor_config\.json: cannot read"):
+    with pytest.raises(ModelError, match=r"preprocessor_config\.json: cannot read"):
         resolve_model(model_dir)
 
 
@@ -194,10 +194,10 @@ def test_explicit_fake_label_is_matched_case_insensitively() -> None:
 
 
 def test_explicit_fake_label_that_is_absent_lists_the_labels() -> None:
-    with pytest.raises(ConfigError, match=r"'AI' is not a model label; labels: \['Real', 'Fake'\]"):
+    with pytest.raises(ModelError, match=r"'AI' is not a model label; labels: \['Real', 'Fake'\]"):
         fake_class_index({0: "Real", 1: "Fake"}, "AI")
 
 
 def test_labels_without_a_fake_class_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="no label looks like the fake class"):
+    with pytest.raises(ModelError, match="no label looks like the fake class"):
         fake_class_index({0: "cat", 1: "dog"}, None)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from models.errors import ModelError
 from models.preprocess import PreprocessConfig, default_preprocess_config, load_preprocess_config
-from processor.errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -139,17 +139,17 @@ def test_disabled_rescale_and_normalise_drop_out_of_scale_and_bias(tmp_path: Pat
     ],
 )
 def test_invalid_values_raise_config_error_naming_file_and_key(tmp_path: Path, data: Any, key: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(f"preprocessor_config.json: key '{key}'")):
+    with pytest.raises(ModelError, match=re.escape(f"preprocessor_config.json: key '{key}'")):
         _load(tmp_path, data)
 
 
 def test_missing_or_malformed_file_raises_config_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"nope\.json: cannot read"):
+    with pytest.raises(ModelError, match=r"nope\.json: cannot read"):
         load_preprocess_config(tmp_path / "nope.json")
     bad = tmp_path / "preprocessor_config.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match=r"preprocessor_config\.json: not valid JSON"):
+    with pytest.raises(ModelError, match=r"preprocessor_config\.json: not valid JSON"):
         load_preprocess_config(bad)
     bad.write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="expected a JSON object"):
+    with pytest.raises(ModelError, match="expected a JSON object"):
         load_preprocess_config(bad)

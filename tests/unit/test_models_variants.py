@@ -14,11 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models.builder import build_model_dir
+from models.errors import ModelError
 from models.inspect import compare, count_parameters, predict
 from models.loader import VARIANT_FILES, resolve_model
 from models.validate import open_session, synthetic_images, validate_model_dir
 from models.variants import DERIVED_VARIANTS, derive_variants, parse_only
-from processor.errors import ConfigError
 
 ALL_VARIANTS = ("fp32", *DERIVED_VARIANTS)
 SYNTHETIC_IMAGES = 64
@@ -89,12 +89,12 @@ def test_only_derives_the_named_variants(tmp_path: Path) -> None:
 
 
 def test_only_with_an_unknown_variant_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown variant\(s\) \['fp8'\]"):
+    with pytest.raises(ModelError, match=r"unknown variant\(s\) \['fp8'\]"):
         parse_only("fp16,fp8")
 
 
 def test_deriving_without_an_fp32_model_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no fp32 model"):
+    with pytest.raises(ModelError, match="no fp32 model"):
         derive_variants(tmp_path)
 
 
@@ -176,7 +176,7 @@ def test_validate_accepts_one_sigmoid_logit_for_two_labels(tmp_path: Path) -> No
 def test_validate_rejects_a_missing_config_json(tmp_path: Path) -> None:
     path = _model_dir(tmp_path / "m")
     (path / "config.json").unlink()
-    with pytest.raises(ConfigError, match=r"config\.json: cannot read model config"):
+    with pytest.raises(ModelError, match=r"config\.json: cannot read model config"):
         validate_model_dir(path)
 
 
@@ -191,13 +191,13 @@ def test_validate_rejects_a_missing_config_json(tmp_path: Path) -> None:
 def test_validate_rejects_an_invalid_id2label(tmp_path: Path, config: dict[str, object], message: str) -> None:
     path = _model_dir(tmp_path / "m")
     (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ModelError, match=message):
         validate_model_dir(path)
 
 
 def test_validate_rejects_labels_without_a_fake_class(tmp_path: Path) -> None:
     path = _model_dir(tmp_path / "m", labels=("Cat", "Dog"))
-    with pytest.raises(ConfigError, match=r"no label looks like the fake class .* \['Cat', 'Dog'\]; set FAKE_LABEL"):
+    with pytest.raises(ModelError, match=r"no label looks like the fake class .* \['Cat', 'Dog'\]; set FAKE_LABEL"):
         validate_model_dir(path)
     assert validate_model_dir(path, fake_label="dog").fake_label == "Dog"
 
@@ -218,7 +218,7 @@ def test_validate_rejects_labels_without_a_fake_class(tmp_path: Path) -> None:
 )
 def test_validate_names_what_would_not_serve(tmp_path: Path, model: onnx.ModelProto, message: str) -> None:
     path = _model_dir(tmp_path / "m", model)
-    with pytest.raises(ConfigError, match=rf"would not serve:\n  fp32 \(model\.onnx\): .*{message}"):
+    with pytest.raises(ModelError, match=rf"would not serve:\n  fp32 \(model\.onnx\): .*{message}"):
         validate_model_dir(path)
 
 
@@ -226,17 +226,17 @@ def test_validate_checks_only_the_named_variant(tmp_path: Path) -> None:
     path = _model_dir(tmp_path / "m")
     onnx.save(_graph(classes=3), str(path / "onnx" / "model_int8.onnx"))
     assert validate_model_dir(path, "fp32").variants == ("fp32",)
-    with pytest.raises(ConfigError, match=r"int8 \(model_int8\.onnx\): output 'logits' has 3 classes"):
+    with pytest.raises(ModelError, match=r"int8 \(model_int8\.onnx\): output 'logits' has 3 classes"):
         validate_model_dir(path)
 
 
 def test_validate_of_an_absent_variant_lists_the_present_ones(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"model variant 'q4' .* is not in .*; present: fp32"):
+    with pytest.raises(ModelError, match=r"model variant 'q4' .* is not in .*; present: fp32"):
         validate_model_dir(_model_dir(tmp_path / "m"), "q4")
 
 
 def test_validate_reports_a_file_onnxruntime_cannot_load(tmp_path: Path) -> None:
     path = _model_dir(tmp_path / "m")
     (path / "onnx" / "model_fp16.onnx").write_bytes(b"not a protobuf")
-    with pytest.raises(ConfigError, match=r"fp16 \(model_fp16\.onnx\): onnxruntime cannot load it"):
+    with pytest.raises(ModelError, match=r"fp16 \(model_fp16\.onnx\): onnxruntime cannot load it"):
         validate_model_dir(path)
