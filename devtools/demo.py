@@ -6,24 +6,23 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from devtools.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port, stop_process
+from devtools.broker import EMBEDDED_CLIENT_ENV, EmbeddedBroker, create_topics, free_port
 from devtools.produce import make_producer, send
+from devtools.runner import ProcessorProcess
 from devtools.samples import sample_events
 
 TOPICS = ("images.uploaded", "images.deepfake-scores", "images.deepfake-dlq")
 
 
 def register(sub: Any) -> None:
+    """Add the `demo` subcommand."""
     p = sub.add_parser("demo", help="embedded broker + processor + sample producer; prints scored results")
     p.add_argument("--count", type=int, default=0, help="stop after this many outputs (0 = until Ctrl-C)")
     p.add_argument("--partitions", type=int, default=3)
@@ -35,6 +34,7 @@ def register(sub: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo until `--count` outputs were printed or Ctrl-C / SIGTERM; 0 after a clean drain."""
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("now", True))
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
@@ -42,16 +42,18 @@ def run_demo(args: argparse.Namespace) -> int:
     with EmbeddedBroker(args.broker_port or free_port(), log_path=workdir / "broker.log") as broker:
         print(f"embedded broker (Tansu) on {broker.bootstrap}")
         create_topics(broker.bootstrap, TOPICS, partitions=args.partitions)
-        http_port = args.http_port or free_port()
-        proc = _start_processor(broker.bootstrap, http_port, args.model_dir, workdir / "processor.log")
+        proc = _processor(broker.bootstrap, args.http_port or free_port(), args.model_dir, workdir / "processor.log")
+        proc.start()
         try:
-            return _serve(args, broker.bootstrap, http_port, proc, stop)
+            code = _serve(args, broker.bootstrap, proc, stop)
         finally:
-            _stop_processor(proc)
-            print(f"processor log: {workdir / 'processor.log'}")
+            exit_code = proc.stop(timeout_s=35)
+            print(f"processor exited with {exit_code}")
+            print(f"processor log: {proc.log_path}")
+        return code if exit_code == 0 else 1
 
 
-def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_path: Path) -> subprocess.Popen[bytes]:
+def _processor(bootstrap: str, http_port: int, model_dir: str | None, log_path: Path) -> ProcessorProcess:
     env = dict(
         os.environ,
         DFP_BOOTSTRAP_SERVERS=bootstrap,
@@ -62,35 +64,19 @@ def _start_processor(bootstrap: str, http_port: int, model_dir: str | None, log_
     )
     if model_dir:
         env["DFP_MODEL_DIR"] = model_dir
-    with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "processor", "run"], env=env, stdout=log, stderr=log)
+    return ProcessorProcess(env, log_path, http_port, own_session=True)
 
 
-def _stop_processor(proc: subprocess.Popen[bytes]) -> None:
-    print(f"processor exited with {stop_process(proc, 35)}")
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool], timeout_s: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stop["now"] and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def _serve(
-    args: argparse.Namespace, bootstrap: str, http_port: int, proc: subprocess.Popen[bytes], stop: dict[str, bool]
-) -> int:
-    print(f"processor starting (pid {proc.pid}); health http://127.0.0.1:{http_port}/health")
-    if not _wait_ready(http_port, proc, stop):
-        print("processor did not become ready", file=sys.stderr)
+def _serve(args: argparse.Namespace, bootstrap: str, proc: ProcessorProcess, stop: dict[str, bool]) -> int:
+    print(f"processor starting (pid {proc.pid}); health {proc.url('/health')}")
+    try:
+        proc.wait_ready(90.0, cancelled=lambda: stop["now"])
+    except RuntimeError as exc:
+        if stop["now"]:
+            return 0
+        print(f"processor did not become ready: {exc}", file=sys.stderr)
         return 1
-    print(f"ready. metrics: http://127.0.0.1:{http_port}/metrics — Ctrl-C stops")
+    print(f"ready. metrics: {proc.url('/metrics')} — Ctrl-C stops")
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader", "enable.auto.commit": False})
     reader.assign([TopicPartition(t, p, 0) for t in TOPICS[1:] for p in range(args.partitions)])
     producer = make_producer(bootstrap)
@@ -98,14 +84,14 @@ def _serve(
     batch = max(1, min(20, target))
     seen = produced = 0
     try:
-        while seen < target and not stop["now"] and proc.poll() is None:
+        while seen < target and not stop["now"] and proc.alive:
             if produced - seen < batch:
                 events = sample_events(batch, seed=produced, bad_every=7, prefix=f"demo-{produced}")
                 produced += int(send(producer, TOPICS[0], events, rate=args.rate)["sent"])
             for msg in reader.consume(100, 0.2):
                 if msg.error() is None and seen < target:
                     seen += 1
-                    print(_describe(msg))
+                    print(_describe(msg), flush=True)
     finally:
         reader.close()
     print(f"{seen} outputs printed")

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -32,12 +33,16 @@ class ProcessorProcess:
     # The project root, so `-m processor` imports this checkout whatever the caller's directory.
     cwd: Path = PROJECT_ROOT
     extra_args: list[str] = field(default_factory=list)
+    # In a session of its own, a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches only the
+    # parent, which then stops the child with one SIGTERM; a second signal would make it exit without draining.
+    own_session: bool = False
 
     def start(self) -> Self:
         """Start the child with stdout and stderr appended to `log_path`."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run", *self.extra_args], env=self.env,
-                                         cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+                                         cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=self.own_session)  # fmt: skip
         return self
 
     @property
@@ -61,17 +66,22 @@ class ProcessorProcess:
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
 
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        """Poll /readyz until 200; fail at once, with the log's tail, if the child exits first."""
+    def wait_ready(self, timeout_s: float = 180.0, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Poll /readyz until 200; fail at once, with the log's tail, if the child exits first.
+
+        `cancelled` (checked between polls) lets an interactive caller give up early on Ctrl-C: RuntimeError.
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancelled():
             if not self.alive:
                 code = None if self.proc is None else self.proc.returncode
                 raise RuntimeError(f"processor exited with {code} during start-up:\n{self.log_tail()}")
             if self._ready():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"processor not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"processor not ready after {time.monotonic() - deadline + timeout_s:.0f} s:\n{self.log_tail()}"
+        )
 
     def _ready(self) -> bool:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,34 @@ def test_demo_prints_results_and_dead_letters_and_exits_zero() -> None:
     port = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", out)
     assert port is not None and int(port.group(1)) > 0, out
     assert "processor exited with 0" in out
+
+
+def test_ctrl_c_drains_the_processor_once_and_the_demo_exits_zero() -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground group: the processor must get one signal only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFP_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "processor", "demo", "--http-port", "0", "--rate", "50"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, so the SIGINT below reaches the demo's group like a terminal's
+    )
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith(("RESULT ", "DLQ ")):
+                break
+        assert any(line.startswith(("RESULT ", "DLQ ")) for line in lines), "".join(lines)
+        os.killpg(demo.pid, signal.SIGINT)
+        rest, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    out = "".join(lines) + rest
+    assert demo.returncode == 0, out
+    assert "processor exited with 0" in out, out
