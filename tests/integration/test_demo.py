@@ -66,3 +66,8 @@ def test_ctrl_c_drains_the_processor_once_and_the_demo_exits_zero() -> None:
     out = "".join(lines) + rest
     assert demo.returncode == 0, out
     assert "processor exited with 0" in out, out
+    # The processor got exactly one signal, the demo's SIGTERM, not the terminal's SIGINT as well.
+    log_path = re.search(r"processor log: (\S+)", out)
+    assert log_path is not None, out
+    signals = [line for line in Path(log_path.group(1)).read_text().splitlines() if "signal received" in line]
+    assert len(signals) == 1 and "SIGTERM" in signals[0], signals
