@@ -98,7 +98,7 @@ _JVM_FLAGS = ["-Xms512m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel
 
 
 class KafkaUnavailable(RuntimeError):
-    """Real Kafka cannot run here (no Java 17 / Maven, or the jars cannot be fetched): skip, don't fail."""
+    """Real Kafka cannot run here (no Java 17 / Maven, or the jars cannot be fetched): skip (or, under CI=true, fail)."""
 
 
 def kafka_cache_dir(version: str = KAFKA_VERSION) -> Path:

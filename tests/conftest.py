@@ -5,7 +5,8 @@ Two brokers (docs/BROKERS.md):
 - `tansu`: the embedded Tansu broker, one per session, for every integration test. Set
   `DFP_TEST_BOOTSTRAP=host:port` to run those tests against an external cluster instead.
 - `apache_kafka`: a real one-node Apache Kafka, started lazily (only when a `kafka`-marked test asks)
-  from Maven Central jars; skipped with the reason when Java 17 / Maven / the network are missing.
+  from Maven Central jars; skipped with the reason when Java 17 / Maven / the network are missing,
+  except under `CI=true`, where such a test fails with that reason (real-Kafka tests never silently skip in CI).
   Set `KAFKA_BOOTSTRAP=host:port` to use an external cluster (then `restart()` skips the test).
 
 Consumer groups on Tansu: the first assignment after subscribe() takes about half of
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
@@ -32,6 +34,18 @@ from tests.brokers import (
     check_tools,
     fetch_kafka_jars,
 )
+
+
+def in_ci() -> bool:
+    """True under `CI=true` (as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def kafka_unavailable(reason: str) -> NoReturn:
+    """Skip a real-Kafka test whose broker cannot run here, or fail it under CI=true, naming the reason."""
+    if in_ci():
+        pytest.fail(f"CI=true and real Apache Kafka is unavailable: {reason} (install Java 17 + Maven)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +74,7 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
         check_tools()
         libs = fetch_kafka_jars()
     except KafkaUnavailable as exc:
-        pytest.skip(str(exc))
+        kafka_unavailable(str(exc))
     kafka = ApacheKafka(libs, tmp_path_factory.mktemp("kafka"))
     kafka.start()
     try:
