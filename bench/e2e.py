@@ -20,9 +20,8 @@ from bench.inproc import StageRun
 from bench.kafka import Output, OutputCollector
 from devtools.broker import EMBEDDED_CLIENT_ENV
 from devtools.runner import PROJECT_ROOT, ProcessorProcess  # bench_stages imports ProcessorProcess from here
-from processor.settings import Settings
+from processor.settings import MiB, Settings
 
-MiB = 1024 * 1024
 # Tansu joins a group in about half of session.timeout.ms (FACTS.md): keep the join to ~3 s.
 FAST_GROUP = EMBEDDED_CLIENT_ENV
 

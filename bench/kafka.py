@@ -25,10 +25,9 @@ from processor.imageinfo import ImageInfo
 from processor.inflight import Headers, InFlight, Outcome
 from processor.outcomes import dead_letter_outcome, result_outcome
 from processor.publish import producer_config
-from processor.settings import Settings
+from processor.settings import MiB, Settings
 from schemas import FaceBox
 
-MiB = 1024 * 1024
 FIRST_MESSAGE_TIMEOUT_S = 60.0
 
 

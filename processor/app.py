@@ -29,15 +29,13 @@ from processor.inflight import InFlight
 from processor.outcomes import Decided, Outcomes
 from processor.publish import Publisher, producer_config
 from processor.scorer import Scorer
-from processor.settings import Delivery, Settings
+from processor.settings import Delivery, MiB, Settings
 from processor.slo import SloController
 from processor.telemetry.gpu import GpuMonitor
 from processor.telemetry.health import Health
 from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
 
 
 def load_engine(settings: Settings, model_dir: Path | None = None, variant: str | None = None) -> Engine:

@@ -9,12 +9,12 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from processor.settings import MiB
 from processor.telemetry.health import Health, unknown_memory
 from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
 POLL_INTERVAL_S = 5.0
 
 

@@ -40,7 +40,6 @@ from tests.procs import (
 pytestmark = pytest.mark.slow
 
 SMALL_JPEG = jpeg_bytes(64, 64)
-MiB = 1024 * 1024
 
 
 def make_topics(bootstrap: str, topic_factory: TopicFactory, partitions: int) -> tuple[str, str, str]:

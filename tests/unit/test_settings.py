@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from processor.errors import ConfigError
-from processor.settings import Delivery, LogFormat, Providers, Variant, load_settings
-
-MiB = 1024 * 1024
+from processor.settings import Delivery, LogFormat, MiB, Providers, Variant, load_settings
 
 
 @pytest.fixture(autouse=True)
