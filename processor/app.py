@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(settings: Settings, model_dir: Path | None = None, variant: str | None = None) -> Engine:
+    """Open the model (settings' directory and variant unless given) on the best provider; CPU variant on fallback."""
     model_dir = model_dir or settings.model_dir
     variant = variant or settings.model_variant.value
 
@@ -79,6 +80,7 @@ class Processor:
         self.metrics.ready.set_function(lambda: 1.0 if self.health.ready else 0.0)
 
     def build(self) -> None:
+        """Start HTTP, load and warm the model, then build the stages and connect them (see README's architecture)."""
         s = self.settings
         self.http.start()
         engine = load_engine(s)
@@ -171,6 +173,7 @@ class Processor:
         self.gpu = GpuMonitor.follow(self.gpu, engine.gpu, self.metrics, self.health)
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: reload the model from the same settings on a thread of its own."""
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
 
     def _warm_sizes(self) -> tuple[int, ...]:
@@ -209,6 +212,7 @@ class Processor:
         return code
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: drain and stop; a second signal exits at once with 1."""
         self._signals += 1
         if self._signals > 1:
             log.error("second signal: exiting now without draining")
@@ -220,6 +224,7 @@ class Processor:
 
 
 def run(settings: Settings) -> int:
+    """The `run` command: install signal handlers, build, serve; returns the exit code."""
     cv2.setNumThreads(1)  # parallelism comes from the decode pool; cv2's own threads would oversubscribe cores
     processor = Processor(settings)
     if threading.current_thread() is threading.main_thread():

@@ -37,6 +37,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags on top of DFP_* env vars (ConfigError names the bad one)."""
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
         if key.startswith("setting_") and value is not None:
@@ -67,6 +68,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `deepfake-processor` parser with every subcommand this install offers."""
     parser = argparse.ArgumentParser(prog="deepfake-processor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the processor (settings from DFP_* env vars and flags)")
@@ -103,6 +105,7 @@ def _optional_commands() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run one subcommand; a configuration error exits 2 with its message."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler

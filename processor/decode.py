@@ -40,6 +40,8 @@ _TRANSPOSED = frozenset({5, 6, 7, 8})
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
+    """What the decode stage refuses: bytes, pixels (from the header, before decoding) and face boxes."""
+
     max_image_bytes: int
     max_image_pixels: int
     max_faces: int
@@ -114,6 +116,7 @@ class Decoder:
         self.fetcher = fetcher
 
     def decode(self, item: InFlight) -> None:
+        """Fill `item.crops` (one NCHW row per face, or the whole image); raise a ProcessorError to refuse."""
         item.decode_started = time.monotonic()
         data, url = open_envelope(item, self.limits.max_image_bytes, self.limits.max_faces)
         if url is not None:
@@ -192,6 +195,7 @@ class DecodePool:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
     def submit(self, item: InFlight) -> None:
+        """Queue one event for a decode worker (called on the consumer thread or by /detect)."""
         self._pool.submit(self._run, item)
 
     def _run(self, item: InFlight) -> None:
@@ -211,4 +215,5 @@ class DecodePool:
         self._on_decoded(item)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker threads (after the queued events when `wait`)."""
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

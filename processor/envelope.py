@@ -35,6 +35,7 @@ def header_value(headers: Headers | None, name: str) -> bytes | None:
 
 
 def looks_like_json(value: bytes, headers: Headers | None) -> bool:
+    """True when the value is a JSON envelope: starts with `{`/`[` after whitespace, or a JSON content-type header."""
     content_type = header_value(headers, "content-type")
     if content_type is not None and b"json" in content_type.lower():
         return True

@@ -64,4 +64,5 @@ class InFlight:
 
     @property
     def fallback_event_id(self) -> str:
+        """`topic:partition:offset`, the id of an event that carries none."""
         return f"{self.topic}:{self.partition}:{self.offset}"

@@ -69,9 +69,11 @@ class Scorer:
         self._thread = threading.Thread(target=self._run, name="scorer", daemon=True)
 
     def start(self) -> None:
+        """Start the scoring thread."""
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop taking batches and join the thread (up to `timeout_s`)."""
         self._stop.set()
         self.batcher.close()
         self._thread.join(timeout_s)
@@ -87,6 +89,7 @@ class Scorer:
             self.fatal = exc
 
     def score(self, batch: Batch) -> None:
+        """Run one batch, set each event's probabilities (or its inference error) and hand it to its outcome."""
         engine = self.engine_ref()
         started = time.monotonic()
         probs, ok = infer_isolating(engine, batch.tensor)

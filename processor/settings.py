@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,11 +19,15 @@ MiB = 1024 * 1024
 
 
 class Delivery(StrEnum):
+    """DELIVERY: at-least-once (idempotent producer) or exactly-once (transactions)."""
+
     AT_LEAST_ONCE = "at-least-once"
     EXACTLY_ONCE = "exactly-once"
 
 
 class Providers(StrEnum):
+    """PROVIDERS: which ONNX Runtime execution providers to try, best first."""
+
     AUTO = "auto"
     TENSORRT = "tensorrt"
     CUDA = "cuda"
@@ -30,6 +35,8 @@ class Providers(StrEnum):
 
 
 class Variant(StrEnum):
+    """MODEL_VARIANT: which ONNX file of the model directory to load."""
+
     AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
@@ -39,6 +46,8 @@ class Variant(StrEnum):
 
 
 class LogFormat(StrEnum):
+    """LOG_FORMAT: JSON lines for machines, key=value text for humans."""
+
     JSON = "json"
     TEXT = "text"
 
@@ -107,6 +116,11 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM drain budget before exit")
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough (DFP_KAFKA_<KEY>)")
 
+    def __repr_args__(self) -> Any:
+        """Pydantic's repr fields, with secret-looking librdkafka passthrough values masked (see `redact`)."""
+        for name, value in super().__repr_args__():
+            yield name, (redact(value) if name == "kafka" else value)
+
     @field_validator("input_topic", "image_url_allowlist", "batch_buckets", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -154,6 +168,22 @@ class Settings(BaseSettings):
         return self
 
 
+#: A librdkafka key naming one of these holds (or locates) a credential: never logged or shown.
+SECRET_KEY_MARKERS = ("password", "secret", "key")
+REDACTED = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a librdkafka property (e.g. `sasl.password`, `ssl.key.pem`) must be masked wherever it is shown."""
+    lowered = key.lower()
+    return any(marker in lowered for marker in SECRET_KEY_MARKERS)
+
+
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a librdkafka config that is safe to log: secret-looking keys (`is_secret_key`) are masked."""
+    return {key: (REDACTED if is_secret_key(key) else value) for key, value in config.items()}
+
+
 def kafka_passthrough(environ: dict[str, str]) -> dict[str, str]:
     """`DFP_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → {"security.protocol": "SASL_SSL"}."""
     return {
@@ -164,10 +194,12 @@ def kafka_passthrough(environ: dict[str, str]) -> dict[str, str]:
 
 
 def env_name(field: str) -> str:
+    """The environment variable of a settings field (`max_batch_size` → `DFP_MAX_BATCH_SIZE`)."""
     return ENV_PREFIX + field.upper()
 
 
 def flag_name(field: str) -> str:
+    """The command-line flag of a settings field (`max_batch_size` → `--max-batch-size`)."""
     return "--" + field.replace("_", "-")
 
 

@@ -72,12 +72,16 @@ class MemoryUsage(BaseModel):
 
 
 class KafkaHealth(BaseModel):
+    """The `kafka` section of /health."""
+
     connected: bool
     assigned_partitions: int
     lag: int | None = None
 
 
 class ModelHealth(BaseModel):
+    """The `model` section of /health."""
+
     name: str | None = None
     sha256: str | None = None
 

@@ -27,7 +27,7 @@ class KafkaStats:
         self._error_logged: dict[int, float] = {}
 
     def on_stats(self, raw: str) -> None:
-        """librdkafka statistics (every statistics.interval.ms): broker state and per-partition consumer_lag."""
+        """Read librdkafka statistics (every statistics.interval.ms): broker state and per-partition consumer_lag."""
         stats = json.loads(raw)
         brokers = stats.get("brokers", {}).values()
         self.health.kafka_connected = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers)
@@ -43,6 +43,7 @@ class KafkaStats:
         self.health.lag = total if self.assigned else 0
 
     def on_error(self, err: KafkaError) -> None:
+        """Record a librdkafka error for /health (error callback); logged at most every 30 s per code."""
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.health.kafka_connected = False
         # librdkafka reports every reconnect attempt while a broker is down; say it once per error code

@@ -36,6 +36,17 @@ class Metrics:
             "deepfake_produce_errors", "Outputs whose delivery to Kafka failed", ["topic"], registry=r
         )
         self.commits = Counter("deepfake_offset_commits", "Offset commits sent to the group coordinator", registry=r)
+        self.commit_failures = Counter(
+            "deepfake_commit_failures",
+            "Offset commits the group coordinator refused (those offsets are sent again with the next commit)",
+            registry=r,
+        )
+        self.payload_truncated = Counter(
+            "deepfake_payload_truncated",
+            "Dead letters re-sent with the payload cut because the topic (label) refused the message for size",
+            ["topic"],
+            registry=r,
+        )
         # /detect traffic is not Kafka events: counted apart so events_scored still matches the input topic.
         self.api_requests = Counter(
             "deepfake_api_requests", "Requests to the /detect API, by route and HTTP status", ["route", "status"],
@@ -90,5 +101,6 @@ class Metrics:
             self.stage_latency.labels(stage=stage)
 
     def set_model(self, name: str, variant: str, provider: str, sha256: str) -> None:
+        """Point the model-info series at the serving model (the old series is removed on a swap)."""
         self.model_info.clear()
         self.model_info.labels(name=name, variant=variant, provider=provider, sha256=sha256).set(1)
