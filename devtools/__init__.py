@@ -1,0 +1,1 @@
+"""Developer tools: the demo, the embedded broker, the load generator, sample images, a processor subprocess runner."""
