@@ -18,7 +18,7 @@ from processor.inflight import InFlight
 from processor.offsets import OffsetTracker
 from processor.outcomes import Decided
 from processor.publish import Publisher
-from processor.settings import Delivery, Settings
+from processor.settings import Delivery, Settings, redact
 from processor.telemetry.health import Health
 from processor.telemetry.kafka_stats import KafkaStats
 from processor.telemetry.metrics import Metrics
@@ -45,12 +45,27 @@ def busy_poll_s(batch_seconds: float) -> float:
     return min(MAX_BUSY_POLL_S, max(BUSY_POLL_S, RELEASE_SHARE * batch_seconds))
 
 
+#: Classic-protocol settings that `group.protocol=consumer` (KIP-848) moves to the broker; librdkafka refuses them.
+CLASSIC_GROUP_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
 def consumer_config(
     settings: Settings,
     on_stats: Callable[[str], None],
     on_error: Callable[[KafkaError], None],
     on_commit: Callable[[KafkaError | None, list[TopicPartition]], None],
 ) -> dict[str, Any]:
+    """The librdkafka consumer config: manual offset store and commits, our callbacks, then DFP_KAFKA_* on top.
+
+    Args:
+        settings: The processor's settings (bootstrap, group, delivery mode, librdkafka passthrough).
+        on_stats: librdkafka statistics callback.
+        on_error: librdkafka error callback.
+        on_commit: Offset-commit result callback.
+
+    Returns:
+        The config dict for `confluent_kafka.Consumer`.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": settings.group_id,
@@ -70,6 +85,11 @@ def consumer_config(
     if settings.delivery is Delivery.EXACTLY_ONCE:
         config["isolation.level"] = "read_committed"
     config.update(settings.kafka)
+    if str(config.get("group.protocol", "classic")).lower() == "consumer":
+        # KIP-848: the broker owns session timeout, heartbeats and assignment; librdkafka rejects these keys.
+        dropped = [key for key in CLASSIC_GROUP_ONLY if config.pop(key, None) is not None]
+        if dropped:
+            log.info("group.protocol=consumer: not passing classic-protocol settings", extra={"dropped": dropped})
     return config
 
 
@@ -101,7 +121,10 @@ class StreamLoop:
         self._paused = False
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
-        self.consumer = Consumer(consumer_config(settings, self.kafka_stats.on_stats, self._on_error, self._on_commit))
+        config = consumer_config(settings, self.kafka_stats.on_stats, self._on_error, self._on_commit)
+        shown = {k: v for k, v in redact(config).items() if not callable(v) and not isinstance(v, logging.Logger)}
+        log.info("consumer settings", extra={"kafka": shown})
+        self.consumer = Consumer(config)
         for topic in settings.input_topic:  # series exist from start, so "no events while lagging" alerts can fire
             metrics.consumed.labels(topic=topic)
 
@@ -308,9 +331,18 @@ class StreamLoop:
         self.kafka_stats.on_error(err)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        failed = [tp for tp in partitions if tp.error is not None]
-        if err is not None or failed:
-            log.warning("offset commit failed", extra={"error": str(err or failed[0].error)})
+        if err is not None and err.code() == KafkaError._NO_OFFSET:
+            return  # nothing was due: not a failure
+        failed = list(partitions) if err is not None else [tp for tp in partitions if tp.error is not None]
+        if not failed:
+            return
+        # The commit was marked sent when issued (asynchronous): un-mark it so the next commit sends it again.
+        self.tracker.commit_failed({(tp.topic, tp.partition): tp.offset for tp in failed})
+        self.metrics.commit_failures.inc()
+        log.warning(
+            "offset commit failed; will resend",
+            extra={"error": str(err or failed[0].error), "partitions": _names(failed)},
+        )
 
     # ---- shutdown -----------------------------------------------------------------------------------------------
 

@@ -87,6 +87,20 @@ class OffsetTracker:
             if part is not None:
                 part.committed = offset
 
+    def commit_failed(self, offsets: dict[TopicPartition, int]) -> None:
+        """An asynchronous commit of `offsets` failed: forget it was sent, so the next commit sends it again.
+
+        `mark_committed` runs when an async commit is sent, before the coordinator answers; without this a
+        partition whose position then stops moving would never have that offset committed.
+
+        Args:
+            offsets: The offsets (last acknowledged + 1) whose commit the coordinator refused.
+        """
+        for tp, offset in offsets.items():
+            part = self._parts.get(tp)
+            if part is not None and part.committed == offset:  # a later commit already superseded it otherwise
+                part.committed = None
+
     def pending(self, tps: set[TopicPartition] | None = None) -> int:
         """Events not yet acknowledged, in the given partitions (all when None)."""
         return sum(len(p) for tp, p in self._parts.items() if tps is None or tp in tps)

@@ -12,6 +12,7 @@ from pydantic import ByteSize, Field, ValidationError, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from processor.errors import ConfigError
+from processor.policies import PolicyName
 
 ENV_PREFIX = "DFP_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0, le=60_000, description="Longest a ready image waits for its batch")
     latency_target_ms: float | None = Field(
         None, gt=0, description="When set, adapt batch size and wait online to keep p99 end-to-end under it"
+    )
+    batch_policy: PolicyName | None = Field(
+        None,
+        description="Batching policy: fixed, triton, cork, aimd or slo (docs/BENCHMARKS.md); unset = slo when "
+        "DFP_LATENCY_TARGET_MS is set, else fixed",
     )
     batch_buckets: CommaInts = Field(
         [], description="Static batch shapes: pad each batch to the next of these sizes (warmed); empty = dynamic"
@@ -149,6 +155,14 @@ class Settings(BaseSettings):
         if clash:
             raise ValueError(
                 f"DFP_OUTPUT_TOPIC / DFP_DLQ_TOPIC must not also be an input topic (DFP_INPUT_TOPIC): {sorted(clash)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _policy_needs_its_target(self) -> Settings:
+        if self.batch_policy in (PolicyName.AIMD, PolicyName.SLO) and not self.latency_target_ms:
+            raise ValueError(
+                f"DFP_BATCH_POLICY={self.batch_policy.value} needs DFP_LATENCY_TARGET_MS (the p99 target it adapts to)"
             )
         return self
 

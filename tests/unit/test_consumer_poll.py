@@ -1,10 +1,19 @@
-"""The consumer loop's poll timeout while events are in flight follows the model's pace."""
+"""Consumer loop policies: poll timeout, offset-commit failures, and the librdkafka config it builds."""
 
 from __future__ import annotations
 
-import pytest
+import logging
+from types import SimpleNamespace
 
-from processor.consumer import BUSY_POLL_S, MAX_BUSY_POLL_S, busy_poll_s
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from processor.consumer import BUSY_POLL_S, MAX_BUSY_POLL_S, StreamLoop, busy_poll_s, consumer_config
+from processor.inflight import InFlight, Outcome
+from processor.offsets import OffsetTracker
+from processor.settings import load_settings
+from processor.telemetry.metrics import Metrics
+from tests.procs import metric_samples
 
 
 @pytest.mark.parametrize(
@@ -20,3 +29,65 @@ def test_poll_timeout_adds_at_most_a_twentieth_of_a_batch_and_stays_within_2_to_
     batch_seconds: float, expected: float
 ) -> None:
     assert busy_poll_s(batch_seconds) == pytest.approx(expected)
+
+
+def _loop_with_committed_offset(offset: int) -> SimpleNamespace:
+    """The parts of a StreamLoop `_on_commit` touches, with offset `offset` of images[0] committed (async)."""
+    tracker = OffsetTracker()
+    for o in range(offset):
+        item = InFlight(topic="images", partition=0, offset=o, key=None, value=b"", headers=None, timestamp_ms=None)
+        tracker.admit(item)
+        item.outcome = Outcome(topic="out", value=b"", headers=[])
+    for item in tracker.releasable():
+        item.acked = True
+    tracker.mark_committed(tracker.committable())
+    return SimpleNamespace(tracker=tracker, metrics=Metrics())
+
+
+def _failures(loop: SimpleNamespace) -> float:
+    from prometheus_client import generate_latest
+
+    return sum(metric_samples(generate_latest(loop.metrics.registry).decode(), "deepfake_commit_failures_total"))
+
+
+def test_async_commit_failure_is_counted_and_the_offsets_are_resent_on_the_next_commit() -> None:
+    loop = _loop_with_committed_offset(3)
+    assert loop.tracker.committable() == {}
+    # A TopicPartition's `error` is read-only from Python; the callback only reads these four attributes.
+    failed = SimpleNamespace(topic="images", partition=0, offset=3, error=KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+    StreamLoop._on_commit(loop, None, [failed])  # type: ignore[arg-type]
+    assert _failures(loop) == 1
+    assert loop.tracker.committable() == {("images", 0): 3}
+
+
+def test_whole_commit_request_failure_resends_every_partition_in_it() -> None:
+    loop = _loop_with_committed_offset(2)
+    StreamLoop._on_commit(loop, KafkaError(KafkaError._TRANSPORT), [TopicPartition("images", 0, 2)])  # type: ignore[arg-type]
+    assert _failures(loop) == 1 and loop.tracker.committable() == {("images", 0): 2}
+
+
+def test_nothing_to_commit_is_not_a_failure() -> None:
+    loop = _loop_with_committed_offset(2)
+    StreamLoop._on_commit(loop, KafkaError(KafkaError._NO_OFFSET), [])  # type: ignore[arg-type]
+    assert _failures(loop) == 0 and loop.tracker.committable() == {}
+
+
+def _noop(*_: object) -> None:
+    return None
+
+
+def test_kip848_consumer_protocol_drops_the_settings_librdkafka_rejects(caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings({"kafka": {"group.protocol": "consumer", "session.timeout.ms": "6000",
+                                        "heartbeat.interval.ms": "500"}})  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="processor.consumer"):
+        config = consumer_config(settings, _noop, _noop, _noop)
+    assert config["group.protocol"] == "consumer"
+    assert not {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"} & set(config)
+    assert "classic-protocol" in caplog.text
+
+
+def test_classic_protocol_keeps_cooperative_sticky_and_the_passthrough() -> None:
+    settings = load_settings({"kafka": {"session.timeout.ms": "6000"}})
+    config = consumer_config(settings, _noop, _noop, _noop)
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert config["session.timeout.ms"] == "6000"

@@ -137,3 +137,33 @@ def test_assigned_partition_with_no_events_commits_nothing() -> None:
     tracker = OffsetTracker()
     tracker.assign(TP)
     assert tracker.committable() == {} and tracker.pending({TP}) == 0
+
+
+def test_failed_async_commit_is_resent_with_the_next_commit_even_when_the_offset_did_not_move() -> None:
+    tracker = OffsetTracker()
+    items = _admit(tracker, [0, 1])
+    _decide(items[0])
+    _decide(items[1])
+    _release(tracker)
+    _ack(items[0], items[1])
+    assert tracker.committable() == {TP: 2}
+    tracker.mark_committed({TP: 2})  # sent asynchronously, marked at once
+    assert tracker.committable() == {}
+    tracker.commit_failed({TP: 2})  # the coordinator refused it
+    assert tracker.committable() == {TP: 2}  # resent although the position did not move
+
+
+def test_a_failed_commit_superseded_by_a_later_one_is_not_resent() -> None:
+    tracker = OffsetTracker()
+    items = _admit(tracker, [0, 1])
+    _decide(items[0])
+    _decide(items[1])
+    _release(tracker)
+    _ack(items[0])
+    tracker.mark_committed(tracker.committable())  # offset 1 sent
+    _ack(items[1])
+    tracker.mark_committed(tracker.committable())  # offset 2 sent
+    tracker.commit_failed({TP: 1})  # the older one's failure arrives late
+    assert tracker.committable() == {}
+    tracker.commit_failed({OTHER: 5})  # a partition we do not own: ignored
+    assert tracker.committable() == {}
