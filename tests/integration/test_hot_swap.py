@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -13,7 +12,7 @@ from confluent_kafka import Producer
 from devtools.samples import sample_events
 from models.builder import build_model_dir
 from models.loader import bundled_model_dir, file_sha256
-from tests.procs import processor_env, read_topics
+from tests.procs import processor_env, read_topics, wait_for
 
 N_BEFORE, N_AFTER = 60, 60
 
@@ -26,12 +25,7 @@ def _produce(bootstrap: str, topic: str, count: int, prefix: str) -> None:
 
 
 def _wait_for_sha(proc, sha: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.get_json("/health")[1]["model"]["sha256"] == sha:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"model {sha[:12]} never served:\n{proc.log_tail()}")
+    wait_for(lambda: proc.get_json("/health")[1]["model"]["sha256"] == sha, timeout_s, f"model {sha[:12]} served")
 
 
 def test_sighup_swaps_model_mid_stream_without_losing_or_repeating_events(
@@ -79,10 +73,7 @@ def test_bad_model_on_reload_is_refused_and_old_one_keeps_serving(
                                            model_dir=str(model_dir)))  # fmt: skip
     (model_dir / "onnx" / "model.onnx").write_bytes(b"this is not an onnx graph")
     proc.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while "model reload refused" not in proc.log_path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "model reload refused" in proc.log_path.read_text()
+    wait_for(lambda: "model reload refused" in proc.log_path.read_text(), 30, "the refused reload's log line")
     _produce(tansu.bootstrap, topic_in, 10, "still")
     results = [json.loads(m.value()) for m in read_topics(tansu.bootstrap, [topic_out], 1, 10, timeout_s=60)]
     assert len(results) == 10
