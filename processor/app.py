@@ -94,7 +94,12 @@ class Processor:
         if s.latency_target_ms:
             slo = SloController(s.latency_target_ms / 1000.0, s.max_batch_size, s.max_batch_wait_ms / 1000.0)
         batcher = MicroBatcher(
-            s.max_batch_size, s.max_batch_wait_ms / 1000.0, pre.shape, buckets=tuple(s.batch_buckets), slo=slo
+            s.max_batch_size,
+            s.max_batch_wait_ms / 1000.0,
+            pre.shape,
+            buckets=tuple(s.batch_buckets),
+            slo=slo,
+            policy=s.batch_policy,
         )
         fetcher = (
             UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes), read_timeout_s=s.fetch_timeout_s)

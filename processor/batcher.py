@@ -1,4 +1,4 @@
-"""Micro-batcher: hands the scorer a batch when it is full or its oldest image has waited long enough."""
+"""Micro-batcher: hands the scorer a batch when its policy (processor.policies) says one is due."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from processor.inflight import InFlight
+from processor.policies import BatchPolicy, QueueState, make_policy
 from processor.slo import SloController
 
 
@@ -37,6 +38,7 @@ class MicroBatcher:
         buckets: tuple[int, ...] = (),
         slo: SloController | None = None,
         capacity_rows: int = 0,
+        policy: BatchPolicy | str | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -44,19 +46,20 @@ class MicroBatcher:
         # shapes it warmed (TensorRT engines, CUDA graphs); empty = dynamic batch size.
         self.buckets = tuple(sorted(b for b in buckets if b > 0))
         self.slo = slo
+        self.policy = (
+            policy
+            if isinstance(policy, BatchPolicy)
+            else make_policy(policy, max_batch_size, max_wait_s, slo=slo, preferred=self.buckets)
+        )
         self.capacity_rows = capacity_rows or 2 * max_batch_size
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
+        self._wake_rows = 1  # put() wakes the scoring thread once this many rows are ready (the policy says)
         self._cond = threading.Condition()
         self._closed = False
         # Preallocated once; every batch is a prefix view of it (no per-batch allocation on the hot path).
         capacity = max(max_batch_size, *self.buckets) if self.buckets else max_batch_size
         self._buffer = np.empty((capacity, *sample_shape), dtype=np.float32)
-
-    def _limits(self) -> tuple[int, float]:
-        if self.slo is None:
-            return self.max_batch_size, self.max_wait_s
-        return self.slo.limit, self.slo.wait_s
 
     def put(self, item: InFlight) -> None:
         """Hand in a decoded event; blocks the decode worker while `capacity_rows` decoded rows already wait.
@@ -71,7 +74,7 @@ class MicroBatcher:
                 self._cond.wait()
             self._ready.append((time.monotonic(), item))
             self._ready_rows += len(item.crops)
-            if self._ready_rows >= self._limits()[0] or len(self._ready) == 1:
+            if self._ready_rows >= self._wake_rows or len(self._ready) == 1:
                 self._cond.notify_all()
 
     def __len__(self) -> int:
@@ -79,12 +82,16 @@ class MicroBatcher:
             return len(self._ready)
 
     def close(self) -> None:
+        """Stop waiting: blocked `put`s return, and `next_batch` hands out what is left, then None."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
     def next_batch(self, timeout_s: float) -> Batch | None:
-        """Block until a batch is due (full, or oldest waited max_wait) or timeout; None on timeout/close."""
+        """Block until the policy says a batch is due (default: full, or oldest waited max_wait) or timeout.
+
+        None on timeout, or on close once nothing is left.
+        """
         items, rows, now = self._wait_for_due(timeout_s)
         # Stacking runs outside the lock so decode workers keep handing in events meanwhile; only this
         # (scoring) thread touches the buffer, and it asks for the next batch only after the last one ran.
@@ -95,15 +102,24 @@ class MicroBatcher:
         with self._cond:
             while True:
                 now = time.monotonic()
-                limit, max_wait_s = self._limits()
-                if self._ready and (self._ready_rows >= limit or now - self._ready[0][0] >= max_wait_s):
-                    return (*self._take(limit), now)
-                if self._closed or now >= deadline:
-                    return ([], 0, now) if not (self._closed and self._ready) else (*self._take(limit), now)
                 wait = deadline - now
                 if self._ready:
-                    wait = min(wait, self._ready[0][0] + max_wait_s - now)
+                    decision = self.policy.decide(self._state(now))
+                    if decision.take > 0:
+                        return (*self._take(decision.take), now)
+                    wait = min(wait, decision.wait_s)
+                    self._wake_rows = max(1, decision.wake_rows)
+                if self._closed or now >= deadline:
+                    if self._closed and self._ready:
+                        return (*self._take(self.max_batch_size), now)
+                    return [], 0, now
                 self._cond.wait(max(wait, 0.0))
+
+    def _state(self, now: float) -> QueueState:
+        queued_at, head = self._ready[0]
+        # End to end from the head's Kafka timestamp when it has one (the SLO's definition), else from consume.
+        age = time.time() - head.timestamp_ms / 1000.0 if head.timestamp_ms is not None else now - head.consumed_at
+        return QueueState(self._ready_rows, now - queued_at, now - self._ready[-1][0], age)
 
     def _take(self, limit: int) -> tuple[list[InFlight], int]:
         items: list[InFlight] = []

@@ -111,11 +111,12 @@ class Scorer:
                 )
             item.crops = None  # the tensor rows are no longer needed; free them before the event is produced
             self.on_done(item)
-        if self.batcher.slo is not None:
-            self._observe_slo(batch, elapsed_ms / 1000.0)
+        if self.batcher.policy.learns:
+            self._observe_policy(batch, elapsed_ms / 1000.0)
 
-    def _observe_slo(self, batch: Batch, inference_s: float) -> None:
-        assert self.batcher.slo is not None
+    def _observe_policy(self, batch: Batch, inference_s: float) -> None:
+        """Feed the batching policy what it learns from (processor.policies); only policies that adapt ask."""
+        policy = self.batcher.policy
         now_wall, now = time.time(), time.monotonic()
         # End to end from the input's Kafka timestamp when it has one (SLO definition), else from consume.
         latencies = [
@@ -123,9 +124,9 @@ class Scorer:
             for item in batch.items
         ]
         waited = sum(batch.formed_at - item.decoded_at for item in batch.items) / max(1, len(batch.items))
-        self.batcher.slo.observe(latencies, batch.size, inference_s, waited)
-        self.metrics.batch_limit.set(self.batcher.slo.limit)
-        self.metrics.batch_wait.set(self.batcher.slo.wait_s)
+        policy.observe(latencies, batch.size, inference_s, waited)
+        self.metrics.batch_limit.set(policy.limit)
+        self.metrics.batch_wait.set(policy.wait_s)
 
     def _watch_health(self, engine: Engine, batch: Batch, ok: np.ndarray) -> None:
         if ok.any():

@@ -76,6 +76,12 @@ class SloController:
         self.limit = max(1, min(self.limit, self._inference_cap()))
         self._latencies.clear()
 
+    def predicted_inference_s(self, rows: int) -> float:
+        """Inference time of a `rows`-row batch at the recently measured cost per row (0 before any batch)."""
+        with self._lock:
+            measured = sum(r for _, r in self._inference)
+            return rows * sum(s for s, _ in self._inference) / measured if measured else 0.0
+
     def _inference_cap(self) -> int:
         """Rows whose inference fits in INFERENCE_SHARE of the target, at the recently measured cost per row."""
         rows = sum(r for _, r in self._inference)

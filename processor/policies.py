@@ -1,0 +1,249 @@
+"""Batching policies: when the micro-batcher hands the model a batch, and how many rows it takes.
+
+The batcher asks its policy each time the scoring thread is free (the model is idle) and after every
+wake-up; the policy answers "take n rows now" or "wait at most w seconds, or until r rows are ready".
+The scorer reports every scored batch back (`observe`), which the adaptive policies learn from.
+
+- `fixed`: a batch of MAX_BATCH_SIZE, or whatever is ready once the oldest has waited MAX_BATCH_WAIT_MS.
+- `triton` (NVIDIA Triton's dynamic batcher): run as soon as a preferred batch size can be formed, the
+  largest one that fits; wait only when none can, up to max_queue_delay (= MAX_BATCH_WAIT_MS).
+- `cork` (BentoML's adaptive batching): fit inference time ≈ a·n + b online; keep waiting only while the
+  cost of waiting, n·(newest wait + tick + a), stays under the usual wait — else dispatch.
+- `aimd` (Clipper): no waiting; the batch cap grows by one after every batch whose inference stays within
+  the latency target and shrinks by 10 % after one that does not.
+- `slo` (ours): `SloController`'s size/wait law against the p99 target, and an overload rule Kafka needs.
+  An HTTP server sheds load by refusing requests; a Kafka event cannot be refused, only scored late. So when
+  the head of the queue will miss its target anyway, waiting for a fuller batch or keeping batches small
+  only makes the events behind it late too (Clockwork's point): the late head goes out at once, in the
+  largest batch the bounds allow, the one that costs least per image, so the backlog clears fastest.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from processor.slo import SloController
+
+
+class PolicyName(StrEnum):
+    """The batching policies DFP_BATCH_POLICY selects."""
+
+    FIXED = "fixed"
+    TRITON = "triton"
+    CORK = "cork"
+    AIMD = "aimd"
+    SLO = "slo"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """What a policy sees of the batcher's ready queue (all times in seconds, measured by the batcher)."""
+
+    rows: int  # decoded rows waiting
+    oldest_wait_s: float  # how long the head event has waited in the batcher
+    newest_wait_s: float  # how long the most recent event has waited in the batcher
+    head_age_s: float  # end to end so far for the head event: since its Kafka timestamp (else since consume)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Take `take` rows now; or (take == 0) ask again after `wait_s`, or once `wake_rows` rows are ready."""
+
+    take: int
+    wait_s: float = 0.0
+    wake_rows: int = 1
+
+
+class BatchPolicy:
+    """Base policy: `decide` when a batch goes out; `observe` each scored batch. `limit`/`wait_s` are gauges."""
+
+    name = "base"
+    learns = False  # True: the scorer reports every batch to `observe` (it costs a clock read per event)
+
+    def __init__(self, max_batch_size: int, max_wait_s: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.limit = max_batch_size
+        self.wait_s = max_wait_s
+
+    def decide(self, q: QueueState) -> Decision:
+        """Fixed rule: a full batch at once; a partial one once its oldest event has waited `wait_s`."""
+        if q.rows >= self.limit or q.oldest_wait_s >= self.wait_s:
+            return Decision(self.limit)
+        return Decision(0, self.wait_s - q.oldest_wait_s, self.limit)
+
+    def observe(
+        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+    ) -> None:
+        """Record one scored batch: its events' end-to-end latencies, rows, inference time, mean batcher wait."""
+        return None
+
+
+class FixedPolicy(BatchPolicy):
+    """MAX_BATCH_SIZE rows, or what is ready once the oldest has waited MAX_BATCH_WAIT_MS (the default)."""
+
+    name = PolicyName.FIXED
+
+
+class TritonPolicy(BatchPolicy):
+    """Triton's dynamic batcher: the largest preferred size that can be formed goes at once; else wait."""
+
+    name = PolicyName.TRITON
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, preferred: Sequence[int] = ()) -> None:
+        super().__init__(max_batch_size, max_wait_s)
+        # Without configured sizes (DFP_BATCH_BUCKETS), powers of two: a lone event waits for a partner.
+        sizes = [p for p in preferred if 0 < p <= max_batch_size]
+        if not sizes:
+            sizes = [1 << k for k in range(1, max_batch_size.bit_length())]
+        self.preferred = sorted({*sizes, max_batch_size})
+
+    def decide(self, q: QueueState) -> Decision:
+        """Largest preferred size <= ready rows now; else everything once max_queue_delay has passed."""
+        formable = [p for p in self.preferred if p <= q.rows]
+        if formable:
+            return Decision(formable[-1])
+        if q.oldest_wait_s >= self.max_wait_s:
+            return Decision(self.max_batch_size)
+        return Decision(0, self.max_wait_s - q.oldest_wait_s, self.preferred[0])
+
+
+CORK_TICK_S = 0.001  # BentoML's tick_interval
+CORK_DECAY = 0.95
+CORK_SAMPLES = 50  # BentoML's N_KEPT_SAMPLE
+
+
+class CorkPolicy(BatchPolicy):
+    """BentoML's CORK dispatcher: wait while n·(newest wait + tick + a) <= 0.95 · the usual batch wait."""
+
+    name = PolicyName.CORK
+    learns = True
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, target_s: float | None = None) -> None:
+        super().__init__(max_batch_size, max_wait_s)
+        latency = target_s or max(max_wait_s, 0.01)
+        # BentoML's priors before any batch is measured (in seconds, from its max_latency).
+        self.a, self.b = min(2.0, latency * 2.0 / 30), min(1.0, latency / 30)
+        self.usual_wait_s = 0.01
+        self._samples: deque[tuple[int, float, float]] = deque(maxlen=CORK_SAMPLES)
+
+    def decide(self, q: QueueState) -> Decision:
+        """Dispatch when full, or when waiting a tick longer would cost more than the usual wait."""
+        n = q.rows
+        # MAX_BATCH_WAIT_MS bounds the cork too: BentoML cancels requests past max_latency, Kafka events cannot be.
+        if n >= self.max_batch_size or q.oldest_wait_s >= self.max_wait_s:
+            return Decision(self.max_batch_size)
+        if n * (q.newest_wait_s + CORK_TICK_S + self.a) <= self.usual_wait_s * CORK_DECAY:
+            return Decision(0, CORK_TICK_S, n + 1)
+        return Decision(n)
+
+    def observe(
+        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+    ) -> None:
+        """Refit a, b (least squares over the last 50 batches) and the usual wait."""
+        if batch_rows <= 0 or inference_s <= 0:
+            return
+        self._samples.append((batch_rows, inference_s, batch_wait_s))
+        if len(self._samples) < 3:
+            return
+        rows = np.array([s[0] for s in self._samples], dtype=np.float64)
+        if rows.min() == rows.max():  # one batch size seen: the slope is unknown, the mean cost per row is not
+            self.a, self.b = max(1e-6, float(np.mean([s[1] for s in self._samples]) / rows[0])), 0.0
+        else:
+            x = np.stack([rows, np.ones_like(rows)], axis=1)
+            (a, b), *_ = np.linalg.lstsq(x, np.array([s[1] for s in self._samples]), rcond=None)
+            self.a, self.b = max(1e-6, float(a)), max(0.0, float(b))
+        self.usual_wait_s = max(0.0, float(np.mean([s[2] for s in self._samples])))
+        self.wait_s = self.usual_wait_s
+
+
+AIMD_STEP = 1  # rows added after a batch within the target
+AIMD_BACKOFF = 0.9  # Clipper's 10 % multiplicative decrease
+
+
+class AimdPolicy(BatchPolicy):
+    """Clipper's AIMD: take what is ready up to the cap; +1 after a batch within the target, ×0.9 after one over."""
+
+    name = PolicyName.AIMD
+    learns = True
+
+    def __init__(self, max_batch_size: int, max_wait_s: float, target_s: float) -> None:
+        super().__init__(max_batch_size, max_wait_s)
+        self.target_s = target_s
+        self.limit = 1
+        self.wait_s = 0.0
+
+    def decide(self, q: QueueState) -> Decision:
+        """Never waits: whatever is ready, up to the current cap."""
+        return Decision(min(q.rows, self.limit)) if q.rows else Decision(0, self.max_wait_s, 1)
+
+    def observe(
+        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+    ) -> None:
+        """A batch's inference time against the target: additive increase, multiplicative decrease."""
+        if inference_s > self.target_s:
+            self.limit = max(1, int(self.limit * AIMD_BACKOFF))
+        elif batch_rows >= self.limit:  # only a full batch shows the cap was not too big
+            self.limit = min(self.max_batch_size, self.limit + AIMD_STEP)
+
+
+class SloPolicy(BatchPolicy):
+    """Ours: SloController's limit and wait, and a late head goes out at once in the most efficient batch."""
+
+    name = PolicyName.SLO
+    learns = True
+
+    def __init__(self, controller: SloController) -> None:
+        super().__init__(controller.max_batch_size, controller.max_wait_s)
+        self.controller = controller
+        self.late_batches = 0  # batches sent under the overload rule (a gauge for tests and the bench)
+
+    def decide(self, q: QueueState) -> Decision:
+        """Late head (it misses the target even if scored now): take up to MAX_BATCH_SIZE now; else the law."""
+        c = self.controller
+        self.limit, self.wait_s = c.limit, c.wait_s
+        if q.head_age_s + c.predicted_inference_s(min(q.rows, c.limit)) > c.target_s:
+            self.late_batches += 1
+            return Decision(self.max_batch_size)
+        return super().decide(q)
+
+    def observe(
+        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+    ) -> None:
+        """Feed the controller (see processor.slo for its law)."""
+        self.controller.observe(latencies_s, batch_rows, inference_s, batch_wait_s)
+        self.limit, self.wait_s = self.controller.limit, self.controller.wait_s
+
+
+def make_policy(
+    name: str | None,
+    max_batch_size: int,
+    max_wait_s: float,
+    *,
+    slo: SloController | None = None,
+    preferred: Sequence[int] = (),
+) -> BatchPolicy:
+    """The policy DFP_BATCH_POLICY names; unset means `slo` when a latency target is set, else `fixed`.
+
+    The latency target (DFP_LATENCY_TARGET_MS) reaches the policies through `slo`; `aimd` and `slo` need it.
+    """
+    chosen = PolicyName(name) if name else (PolicyName.SLO if slo is not None else PolicyName.FIXED)
+    target = slo.target_s if slo is not None else None
+    if chosen in (PolicyName.AIMD, PolicyName.SLO) and (slo is None or target is None):
+        raise ValueError(f"batch policy {chosen.value!r} needs a latency target (DFP_LATENCY_TARGET_MS)")
+    if chosen is PolicyName.TRITON:
+        return TritonPolicy(max_batch_size, max_wait_s, preferred)
+    if chosen is PolicyName.CORK:
+        return CorkPolicy(max_batch_size, max_wait_s, target)
+    if chosen is PolicyName.AIMD:
+        assert target is not None
+        return AimdPolicy(max_batch_size, max_wait_s, target)
+    if chosen is PolicyName.SLO:
+        assert slo is not None
+        return SloPolicy(slo)
+    return FixedPolicy(max_batch_size, max_wait_s)
