@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from processor import SERVICE_NAME
+from schemas.api import HealthResponse, KafkaHealth, MemoryUsage, ModelHealth
 
 
 def unknown_memory() -> dict[str, float | None]:
@@ -37,28 +38,26 @@ class Health:
         """True once the model is loaded and warm and the group joined, until a stop or a fatal error."""
         return self.model_loaded and self.warmed_up and self.joined_group and not self.stopping and not self.fatal
 
-    def status(self) -> str:
+    def status(self) -> Literal["healthy", "degraded", "unhealthy"]:
         """`healthy`, `degraded` (serving but not ready or not connected) or `unhealthy`."""
         if self.fatal or not self.model_loaded:
             return "unhealthy"
         return "healthy" if self.ready and self.kafka_connected else "degraded"
 
     def document(self) -> dict[str, Any]:
-        """The /health JSON body (docs/OPERATIONS.md)."""
-        return {
-            "status": self.status(),
-            "service": SERVICE_NAME,
-            "ready": self.ready,
-            "model_loaded": self.model_loaded,
-            "gpu_available": self.gpu_available,
-            "provider": self.provider,
-            "variant": self.variant,
-            "model": {"name": self.model_name, "sha256": self.model_sha256},
-            "memory_usage": dict(self.memory),
-            "kafka": {
-                "connected": self.kafka_connected,
-                "assigned_partitions": self.assigned_partitions,
-                "lag": self.lag,
-            },
-            "error": self.fatal,
-        }
+        """The /health JSON body, built from its wire schema (`schemas.HealthResponse`)."""
+        return HealthResponse(
+            status=self.status(),
+            service=SERVICE_NAME,
+            ready=self.ready,
+            model_loaded=self.model_loaded,
+            gpu_available=self.gpu_available,
+            provider=self.provider,
+            variant=self.variant,
+            model=ModelHealth(name=self.model_name, sha256=self.model_sha256),
+            memory_usage=MemoryUsage(**self.memory),
+            kafka=KafkaHealth(
+                connected=self.kafka_connected, assigned_partitions=self.assigned_partitions, lag=self.lag
+            ),
+            error=self.fatal,
+        ).model_dump(mode="json")
