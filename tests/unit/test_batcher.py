@@ -128,3 +128,13 @@ def test_put_blocks_decode_workers_while_the_ready_queue_is_full_and_resumes_aft
     assert third_in.wait(2.0), "taking a batch makes room"
     second = batcher.next_batch(timeout_s=1.0)
     assert second is not None and [i.offset for i in second.items] == [2]
+
+
+def test_the_batcher_asks_its_policy_when_a_batch_is_due() -> None:
+    # Triton's rule through the real batcher: 3 ready rows form the preferred size 2 at once, no waiting.
+    batcher = MicroBatcher(8, LONG_WAIT_S, SHAPE, policy="triton")
+    for i in range(3):
+        batcher.put(_item(i))
+    batch = batcher.next_batch(timeout_s=LONG_WAIT_S)
+    assert batch is not None and [it.offset for it in batch.items] == [0, 1]
+    assert len(batcher) == 1

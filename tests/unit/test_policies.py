@@ -1,0 +1,114 @@
+"""Batching policies (processor.policies): each test states one policy's rule on a queue snapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.policies import (
+    AimdPolicy,
+    CorkPolicy,
+    FixedPolicy,
+    PolicyName,
+    QueueState,
+    SloPolicy,
+    TritonPolicy,
+    make_policy,
+)
+from processor.slo import ADJUST_EVERY, SloController
+
+
+def _q(rows: int, oldest: float = 0.0, newest: float = 0.0, age: float = 0.0) -> QueueState:
+    return QueueState(rows=rows, oldest_wait_s=oldest, newest_wait_s=newest, head_age_s=age)
+
+
+def test_fixed_takes_a_full_batch_or_waits_out_max_wait_for_a_partial_one() -> None:
+    policy = FixedPolicy(max_batch_size=8, max_wait_s=0.01)
+    assert policy.decide(_q(8)).take == 8
+    waiting = policy.decide(_q(3, oldest=0.004))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.006) and waiting.wake_rows == 8
+    assert policy.decide(_q(3, oldest=0.01)).take == 8  # due: take what is there (up to 8 rows)
+
+
+def test_triton_runs_the_largest_preferred_batch_at_once_and_waits_only_when_none_can_be_formed() -> None:
+    policy = TritonPolicy(max_batch_size=16, max_wait_s=0.05)
+    assert policy.preferred == [2, 4, 8, 16]
+    assert policy.decide(_q(5)).take == 4  # 4 is preferred and formable: no waiting for 8
+    assert policy.decide(_q(40)).take == 16
+    lone = policy.decide(_q(1, oldest=0.01))
+    assert lone.take == 0 and lone.wake_rows == 2 and lone.wait_s == pytest.approx(0.04)
+    assert policy.decide(_q(1, oldest=0.05)).take == 16  # max_queue_delay passed: what is there goes
+
+
+def test_triton_prefers_the_configured_static_buckets() -> None:
+    policy = TritonPolicy(max_batch_size=32, max_wait_s=0.05, preferred=(8, 32))
+    assert policy.preferred == [8, 32]
+    assert policy.decide(_q(7, oldest=0.001)).take == 0 and policy.decide(_q(9)).take == 8
+
+
+def test_cork_keeps_waiting_while_waiting_costs_less_than_the_usual_wait() -> None:
+    policy = CorkPolicy(max_batch_size=64, max_wait_s=0.05)
+    for rows in (1, 2, 4, 8, 1, 2, 4, 8):
+        policy.observe([], rows, inference_s=0.001 + 0.002 * rows, batch_wait_s=0.02)
+    assert policy.a == pytest.approx(0.002) and policy.b == pytest.approx(0.001)
+    # 2 rows: 2 · (1 ms + 1 ms tick + 2 ms per row) = 8 ms <= 0.95 · 20 ms: wait a tick, or for one more row.
+    cork = policy.decide(_q(2, oldest=0.003, newest=0.001))
+    assert cork.take == 0 and cork.wake_rows == 3
+    # 5 rows: 5 · 4 ms = 20 ms > 19 ms: releasing now costs less than holding everyone longer.
+    assert policy.decide(_q(5, oldest=0.003, newest=0.001)).take == 5
+    assert policy.decide(_q(64)).take == 64 and policy.decide(_q(1, oldest=0.05)).take == 64
+
+
+def test_aimd_never_waits_adds_one_after_a_batch_within_target_and_backs_off_ten_percent_after_one_over() -> None:
+    policy = AimdPolicy(max_batch_size=64, max_wait_s=0.05, target_s=0.1)
+    assert policy.limit == 1 and policy.decide(_q(5)).take == 1
+    for _ in range(19):
+        policy.observe([], policy.limit, inference_s=0.01)
+    assert policy.limit == 20
+    policy.observe([], 20, inference_s=0.2)
+    assert policy.limit == 18
+    policy.observe([], 3, inference_s=0.01)  # a batch short of the cap says nothing about the cap
+    assert policy.limit == 18
+
+
+def _controller(target_s: float = 0.1, per_row_s: float = 0.002) -> SloController:
+    slo = SloController(target_s=target_s, max_batch_size=64, max_wait_s=0.05)
+    for _ in range(ADJUST_EVERY):
+        slo.observe([0.03] * 4, 8, 8 * per_row_s, 0.001)
+    return slo
+
+
+def test_ours_follows_the_controller_limit_and_wait_while_the_head_can_still_make_its_target() -> None:
+    slo = _controller()
+    slo.limit, slo.wait_s = 16, 0.01
+    policy = SloPolicy(slo)
+    assert policy.decide(_q(16, age=0.02)).take == 16
+    waiting = policy.decide(_q(3, oldest=0.002, age=0.02))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.008)
+
+
+def test_ours_sends_a_late_head_at_once_in_the_largest_batch_so_the_backlog_clears_fastest() -> None:
+    # Kafka events cannot be refused: the head will miss 100 ms anyway (95 ms old + 3 rows' inference), so
+    # waiting for a fuller batch, or a small one, would only make the events behind it late too.
+    slo = _controller()
+    slo.limit, slo.wait_s = 16, 0.01
+    policy = SloPolicy(slo)
+    late = policy.decide(_q(3, oldest=0.0, age=0.095))
+    assert late.take == 64 and policy.late_batches == 1
+    assert policy.decide(_q(200, age=0.5)).take == 64  # not the controller's 16: the cheapest rows per image
+
+
+def test_unset_policy_is_slo_with_a_latency_target_and_fixed_without() -> None:
+    assert make_policy(None, 8, 0.01).name == PolicyName.FIXED
+    assert make_policy(None, 8, 0.01, slo=SloController(0.1, 8, 0.01)).name == PolicyName.SLO
+    assert make_policy("triton", 8, 0.01).name == PolicyName.TRITON
+    with pytest.raises(ValueError, match="DFP_LATENCY_TARGET_MS"):
+        make_policy("aimd", 8, 0.01)
+
+
+def test_settings_refuse_a_target_seeking_policy_without_a_target_naming_both_variables() -> None:
+    from processor.errors import ConfigError
+    from processor.settings import load_settings
+
+    with pytest.raises(ConfigError, match="DFP_BATCH_POLICY=aimd needs DFP_LATENCY_TARGET_MS"):
+        load_settings({"batch_policy": "aimd"})
+    assert load_settings({"batch_policy": "cork"}).batch_policy is PolicyName.CORK
