@@ -8,6 +8,7 @@ import queue
 import signal
 import socket
 import threading
+import uuid
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -114,11 +115,15 @@ class Processor:
         max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)
         txn_id = None
         if s.delivery is Delivery.EXACTLY_ONCE:
-            txn_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
+            # Unique per live instance: with KIP-447 (offsets sent with the group metadata) fencing follows the group
+            # generation, so two pods with the same hostname (or a restart) must not fence each other's producer.
+            txn_id = s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         publisher = Publisher(
             producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id),
             outcomes.delivered,
             lambda topic: self.metrics.produce_errors.labels(topic=topic).inc(),
+            dlq_topic=s.dlq_topic,
+            metrics=self.metrics,
         )
         if txn_id:
             publisher.producer.init_transactions(30)

@@ -84,6 +84,16 @@ class InferenceFailed(ProcessorError):
     stage = "inference"
 
 
+class ResultTooLarge(ProcessorError):
+    """The result (with its echoed metadata) was refused by OUTPUT_TOPIC for size; dead-lettered with a cut payload.
+
+    Raised at publish time, never by /detect, so it is not one of the input-side `DLQ_ERRORS`.
+    """
+
+    code = "result_too_large"
+    stage = "publish"
+
+
 class ConfigError(Exception):
     """A setting or the model directory is unusable; the CLI exits 2 with this message."""
 

@@ -7,6 +7,7 @@ that queue is the one hand-off from worker threads back to the consumer, which p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import time
@@ -145,6 +146,39 @@ def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -
     if item.event_id:
         headers.append(("event_id", item.event_id.encode("utf-8", errors="replace")))
     return Outcome(topic=dlq_topic, value=item.value, headers=headers, code=error.code)
+
+
+#: How much of the payload a dead letter keeps when its topic refused the whole message for size.
+TRUNCATED_PAYLOAD_BYTES = 64 * 1024
+
+
+def truncated_dead_letter_outcome(
+    item: InFlight, error: ProcessorError, dlq_topic: str, keep_bytes: int = TRUNCATED_PAYLOAD_BYTES
+) -> Outcome:
+    """The dead letter of `item` with its payload cut to `keep_bytes`, for when a topic refused the full message.
+
+    Headers say what was cut: `payload.truncated` (`true`, or `false` when the payload already fit),
+    `payload.original_size` (bytes) and `payload.sha256` (hex digest of the full payload), so a consumer can
+    tell the copy from the original and match it against the input topic.
+
+    Args:
+        item: The event whose result or dead letter was refused.
+        error: Why it is dead-lettered (its own error, or `ResultTooLarge` for a refused result).
+        dlq_topic: The dead-letter topic.
+        keep_bytes: The most payload bytes to keep.
+
+    Returns:
+        The dead-letter outcome to produce instead.
+    """
+    outcome = dead_letter_outcome(item, error, dlq_topic)
+    value = item.value
+    outcome.headers += [
+        ("payload.truncated", b"true" if len(value) > keep_bytes else b"false"),
+        ("payload.original_size", str(len(value)).encode()),
+        ("payload.sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    outcome.value = value[:keep_bytes]
+    return outcome
 
 
 _last_now: tuple[int, str] = (0, "")

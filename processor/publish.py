@@ -1,4 +1,8 @@
-"""Publish stage: the idempotent (or transactional) producer that sends each decided outcome and records its ack."""
+"""Publish stage: the idempotent (or transactional) producer that sends each decided outcome and records its ack.
+
+A result or dead letter a topic refuses for size is sent again as a dead letter with its payload cut (never a
+crash loop); the event stays unacknowledged until that copy is delivered, so its offset is never committed early.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from processor.errors import Unrecoverable
-from processor.inflight import InFlight
+from processor.errors import ResultTooLarge, Unrecoverable
+from processor.inflight import InFlight, Outcome
+from processor.outcomes import TRUNCATED_PAYLOAD_BYTES, truncated_dead_letter_outcome
+from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +40,35 @@ CONSUMER_ONLY_PREFIXES = (
 )
 
 
+#: librdkafka's refusals for size: local (`produce()` raises) and the broker's (topic `max.message.bytes`).
+_SIZE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def refused_for_size(err: KafkaError) -> bool:
+    """Whether a produce error means "this message is too large" (retrying it unchanged can never work)."""
+    return err.code() in _SIZE_CODES or err.name() == "_MSG_SIZE_TOO_LARGE"
+
+
 def producer_config(
     bootstrap: str, passthrough: dict[str, str], max_message_bytes: int, transactional_id: str | None
 ) -> dict[str, Any]:
+    """The librdkafka producer config: idempotent, acks=all, uncompressed by default, DFP_KAFKA_* on top.
+
+    Args:
+        bootstrap: `bootstrap.servers`.
+        passthrough: DFP_KAFKA_* properties (consumer-only keys are left out).
+        max_message_bytes: The producer's `message.max.bytes` (above the largest input accepted).
+        transactional_id: Set for exactly-once delivery.
+
+    Returns:
+        The config dict for `confluent_kafka.Producer`.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,  # no duplicates or reordering from producer retries
         "acks": "all",
-        "compression.type": "lz4",
+        # Uncompressed unless DFP_KAFKA_COMPRESSION_TYPE says otherwise: every client library reads it without codecs.
+        "compression.type": "none",
         "linger.ms": 5,  # pipelines many small results into one request without adding visible latency
         # Any consumed event must fit back out verbatim as a dead letter (SPEC §5).
         "message.max.bytes": max_message_bytes,
@@ -55,15 +82,37 @@ def producer_config(
 
 
 class Publisher:
-    """Produces outcomes; the delivery callback marks events acknowledged (it runs inside `poll`, on our thread)."""
+    """Produces outcomes; the delivery callback marks events acknowledged (it runs inside `poll`, on our thread).
 
-    def __init__(self, config: dict[str, Any], on_ack: Callable[[InFlight], None], on_error: Callable[[str], None]):
+    Args:
+        config: The producer config (`producer_config`).
+        on_ack: Called with each event whose outcome the broker acknowledged.
+        on_error: Called with the topic of each failed delivery (a metric).
+        dlq_topic: Where refused-for-size outcomes go again, cut; None turns a size refusal into a fatal error.
+        metrics: Counts truncated payloads and `result_too_large` dead letters.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_ack: Callable[[InFlight], None],
+        on_error: Callable[[str], None],
+        *,
+        dlq_topic: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.producer = Producer(config)
         self._on_ack = on_ack
         self._on_error = on_error
+        self._dlq_topic = dlq_topic
+        self._metrics = metrics
+        self._transactional = bool(config.get("transactional.id"))
+        self._refused: list[tuple[InFlight, str]] = []  # refused for size by (topic); resent cut by `poll`
+        self._cut: set[int] = set()  # id() of events already sent cut: a second refusal is fatal
         self.fatal: Unrecoverable | None = None
 
     def produce(self, item: InFlight) -> None:
+        """Send the event's outcome; a local size refusal is replaced by the cut dead letter right here, in order."""
         outcome = item.outcome
         assert outcome is not None
         item.produced_at = time.monotonic()
@@ -80,18 +129,53 @@ class Publisher:
             except BufferError:
                 # Local queue full: serve delivery reports to make room, then retry (never drop).
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                if not refused_for_size(exc.args[0]):
+                    raise
+                outcome = self._cut_outcome(item, outcome.topic, exc.args[0])
+
+    def _cut_outcome(self, item: InFlight, topic: str, err: KafkaError) -> Outcome:
+        """Replace a refused outcome by the dead letter with the payload cut; a refused cut copy is fatal."""
+        if self._dlq_topic is None or id(item) in self._cut:
+            raise Unrecoverable(f"{topic} refused offset {item.offset} for size, even cut: {err}")
+        self._cut.add(id(item))
+        assert item.outcome is not None
+        if item.outcome.topic != self._dlq_topic or item.error is None:
+            item.error = ResultTooLarge(f"result refused by {topic} for size ({len(item.outcome.value)} bytes): {err}")
+        cut = truncated_dead_letter_outcome(item, item.error, self._dlq_topic, TRUNCATED_PAYLOAD_BYTES)
+        item.outcome = cut
+        if self._metrics is not None:
+            self._metrics.payload_truncated.labels(topic=topic).inc()
+            if cut.code == ResultTooLarge.code:
+                self._metrics.dead_lettered.labels(code=cut.code).inc()
+        log.warning(
+            "outcome refused for size; dead-lettering it with the payload cut",
+            extra={"topic": item.topic, "partition": item.partition, "offset": item.offset,
+                   "event_id": item.event_id, "refused_by": topic, "error.code": item.error.code,
+                   "original_size": len(item.value), "error": str(err)},
+        )  # fmt: skip
+        return cut
 
     def _callback(self, item: InFlight) -> Callable[[KafkaError | None, Message], None]:
         return lambda err, msg: self._delivered(item, err, msg)
 
     def _delivered(self, item: InFlight, err: KafkaError | None, msg: Message) -> None:
         if err is None:
+            self._cut.discard(id(item))
             item.acked = True
             self._on_ack(item)
             return
+        topic = msg.topic() or "?"
+        if refused_for_size(err) and self._dlq_topic is not None and id(item) not in self._cut:
+            # Not acknowledged: the event's offset stays uncommitted until the cut copy is delivered (`poll`).
+            self._refused.append((item, topic))
+            return
+        if self._transactional:
+            # The transaction fails as a whole (commit_transaction raises) and nothing of it is committed.
+            log.warning("delivery failed inside a transaction", extra={"offset": item.offset, "error": str(err)})
+            return
         # librdkafka already retried (idempotent producer); a failure here is final for this message.
         # Its offset must never be committed: record the first one and stop the loop.
-        topic = msg.topic() or "?"
         self._on_error(topic)
         log.error(
             "delivery failed",
@@ -106,34 +190,64 @@ class Publisher:
         if self.fatal is None:
             self.fatal = Unrecoverable(f"delivery to {topic} failed for offset {item.offset}: {err}")
 
+    def _resend_refused(self) -> None:
+        """Send the cut dead letters of outcomes the broker refused for size (at-least-once)."""
+        while self._refused:
+            item, topic = self._refused.pop(0)
+            try:
+                self._cut_outcome(item, topic, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+            except Unrecoverable as exc:
+                self.fatal = self.fatal or exc
+                return
+            self.produce(item)
+
     def produce_transaction(self, items: list[InFlight], group_metadata: Any) -> dict[tuple[str, int], int]:
         """Exactly-once: the items' outputs and their input offsets commit atomically, or nothing does.
 
         Returns the committed offsets (offset + 1 per partition). The items are released in offset order,
-        so each partition's last item is its new commit point.
+        so each partition's last item is its new commit point. When the broker refused some outcome for size,
+        the transaction is aborted and run once more with those outcomes cut (`_cut_outcome`).
         """
         offsets: dict[tuple[str, int], int] = {}
-        try:
-            self.producer.begin_transaction()
-            for item in items:
-                self.produce(item)
-                offsets[(item.topic, item.partition)] = item.offset + 1
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata
-            )
-            self.producer.commit_transaction()
-        except KafkaException as exc:
-            # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
-            # offsets are not committed; stop and let the group redeliver rather than guess.
-            raise Unrecoverable(f"transaction failed: {exc}") from exc
+        for attempt in range(2):
+            try:
+                self.producer.begin_transaction()
+                for item in items:
+                    self.produce(item)
+                    offsets[(item.topic, item.partition)] = item.offset + 1
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata
+                )
+                self.producer.commit_transaction()
+                break
+            except KafkaException as exc:
+                refused, self._refused = self._refused, []
+                if attempt or not refused or not exc.args[0].txn_requires_abort():
+                    # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and
+                    # its offsets are not committed; stop and let the group redeliver rather than guess.
+                    raise Unrecoverable(f"transaction failed: {exc}") from exc
+                self.producer.abort_transaction(30)
+                for item, topic in refused:
+                    self._cut_outcome(item, topic, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+                for item in items:
+                    item.acked = False
         self.poll(0)
         for item in items:
             item.acked = True
         return offsets
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        return int(self.producer.poll(timeout_s))
+        """Serve delivery reports (acks, failures), then resend any outcome refused for size, cut."""
+        served = int(self.producer.poll(timeout_s))
+        if self._refused and not self._transactional:
+            self._resend_refused()
+        return served
 
     def flush(self, timeout_s: float) -> int:
-        """Wait for outstanding deliveries; returns how many are still unacknowledged."""
-        return int(self.producer.flush(timeout_s))
+        """Wait for outstanding deliveries (and cut resends); returns how many are still unacknowledged."""
+        deadline = time.monotonic() + timeout_s
+        left = int(self.producer.flush(timeout_s))
+        while self._refused and self.fatal is None and time.monotonic() < deadline:
+            self._resend_refused()
+            left = int(self.producer.flush(max(0.0, deadline - time.monotonic())))
+        return left

@@ -53,6 +53,11 @@ class LogFormat(StrEnum):
     TEXT = "text"
 
 
+def default_trt_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/deepfake-processor/trt, else ~/.cache/deepfake-processor/trt."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-processor" / "trt"
+
+
 CommaList = Annotated[list[str], NoDecode]
 CommaInts = Annotated[list[int], NoDecode]
 
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
         description="Capture one CUDA graph per DFP_BATCH_BUCKETS size during warm-up and replay it (CUDA provider; "
         "needs buckets)",
     )
+    trt_cache_dir: Path = Field(
+        default_factory=default_trt_cache_dir,
+        description="TensorRT engine cache, created at start when TensorRT may run; mount a volume in containers",
+    )
     max_in_flight: int = Field(1024, ge=1, description="Events consumed but not committed; above it, pause")
     decode_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Decode/preprocess threads"
@@ -99,7 +108,7 @@ class Settings(BaseSettings):
     delivery: Delivery = Field(Delivery.AT_LEAST_ONCE, description="at-least-once or exactly-once")
     transactional_id: str | None = Field(
         None,
-        description="exactly-once: transactional.id (default GROUP_ID-hostname); keep it stable across restarts",
+        description="exactly-once: transactional.id (default GROUP_ID-hostname-random, unique per instance; KIP-447)",
     )
     fake_label: str | None = Field(None, description="Which id2label entry means fake (default: fake/deepfake/spoof)")
     fake_threshold: float = Field(0.5, ge=0.0, le=1.0, description="is_fake = fake_score >= threshold")
@@ -248,6 +257,8 @@ def settings_table() -> str:
                         "`DFP_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol` |")  # fmt: skip
             continue
         default = "cores" if name == "decode_workers" else _default_text(field.default)
+        if name == "trt_cache_dir":
+            default = "`$XDG_CACHE_HOME/deepfake-processor/trt` (`~/.cache/…` without it)"
         rows.append(f"| `{env_name(name)}` | `{flag_name(name)}` | {default} | {field.description} |")
     return "\n".join(rows) + "\n"
 
