@@ -21,8 +21,9 @@ from typing import Any
 from bench import inproc as inproc
 from bench.plot import plot
 from bench.report import cpu_view, machine_info, markdown, ratios, targets, write_section
-from bench.stages import QUICK, Durations, parse_sizes, progress, run_inprocess, run_kafka
+from bench.stages import QUICK, Durations, progress, run_inprocess, run_kafka
 from bench.workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
+from devtools.produce import parse_sizes
 from models.loader import resolve_model
 from processor.settings import Settings, load_settings
 

@@ -7,7 +7,6 @@ processor's RSS (and GPU memory when NVML sees a GPU) is sampled the whole time 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,31 +17,22 @@ import numpy as np
 
 from bench.inproc import StageRun
 from bench.kafka import Output, OutputCollector
-from devtools.broker import EMBEDDED_CLIENT_ENV
-from devtools.runner import PROJECT_ROOT, ProcessorProcess  # bench_stages imports ProcessorProcess from here
+from devtools.runner import ProcessorProcess, parse_metrics  # bench.stages imports ProcessorProcess from here
+from devtools.runner import processor_env as runner_env
 from processor.settings import MiB, Settings
-
-# Tansu joins a group in about half of session.timeout.ms (FACTS.md): keep the join to ~3 s.
-FAST_GROUP = EMBEDDED_CLIENT_ENV
 
 
 def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, http_port: int) -> dict[str, str]:
-    """The subprocess's environment: the caller's, with the bench's settings on top (same as in process)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(FAST_GROUP)
-    env.update({
-        "DFP_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "DFP_INPUT_TOPIC": topics[0],
-        "DFP_OUTPUT_TOPIC": topics[1], "DFP_DLQ_TOPIC": topics[2], "DFP_GROUP_ID": group,
-        "DFP_HTTP_HOST": "127.0.0.1", "DFP_HTTP_PORT": str(http_port), "DFP_LOG_FORMAT": "json",
-        "DFP_MODEL_VARIANT": settings.model_variant.value,
-        "DFP_PROVIDERS": settings.providers.value, "DFP_DECODE_WORKERS": str(settings.decode_workers),
-        "DFP_MAX_BATCH_SIZE": str(settings.max_batch_size), "DFP_MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
-        "DFP_MAX_IN_FLIGHT": str(settings.max_in_flight), "DFP_INFERENCE_THREADS": str(settings.inference_threads),
-    })  # fmt: skip
+    """The subprocess's environment (devtools.runner.processor_env) with the bench's settings on top."""
+    values = {
+        "HTTP_PORT": str(http_port), "MODEL_VARIANT": settings.model_variant.value,
+        "PROVIDERS": settings.providers.value, "DECODE_WORKERS": str(settings.decode_workers),
+        "MAX_BATCH_SIZE": str(settings.max_batch_size), "MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
+        "MAX_IN_FLIGHT": str(settings.max_in_flight), "INFERENCE_THREADS": str(settings.inference_threads),
+    }  # fmt: skip
     if settings.model_dir is not None:
-        env["DFP_MODEL_DIR"] = str(settings.model_dir)
-    return env
+        values["MODEL_DIR"] = str(settings.model_dir)
+    return runner_env(settings.bootstrap_servers, *topics, group, **values)
 
 
 class ResourceSampler:
@@ -146,12 +136,8 @@ def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
 
 def metric_samples(proc: ProcessorProcess) -> list[Any]:
     """Every sample on the processor's /metrics (prometheus_client Sample tuples); [] if it does not answer 200."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     status, body = proc.get("/metrics", 5.0)
-    if status != 200:
-        return []
-    return [sample for family in text_string_to_metric_families(body.decode()) for sample in family.samples]
+    return parse_metrics(body.decode()) if status == 200 else []
 
 
 def scrape_gauges(proc: ProcessorProcess, names: tuple[str, ...]) -> dict[str, float]:

@@ -63,11 +63,6 @@ QUICK = Durations(0.5, 0.1, 1.0, 1.5, 2.0, 1.5, 1.0, 0.5)
 MIN_LATENCY_EVENTS = 10
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    pairs = [part.strip().lower().partition("x") for part in text.split(",") if part.strip()]
-    return [(int(w), int(h)) for w, _, h in pairs]
-
-
 def run_inprocess(todo: list[str], settings: Settings, variants: list[str], events: list[Any], d: Durations,
                    result: dict[str, Any], bar: Any, args: argparse.Namespace) -> Settings:  # fmt: skip
     """decode, model, pipeline; returns the settings with the variant the processor will serve."""

@@ -6,6 +6,7 @@ real service the same way.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,11 +16,42 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-from devtools.broker import stop_process
+from devtools.broker import EMBEDDED_CLIENT_ENV, stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def processor_env(bootstrap: str, input_topic: str, output_topic: str, dlq_topic: str, group: str,
+                  **settings: str) -> dict[str, str]:  # fmt: skip
+    """A child processor's environment: the caller's without its DFP_* variables, plus these settings.
+
+    `settings` are setting names (any case) → values, e.g. `MAX_BATCH_SIZE="4"` → DFP_MAX_BATCH_SIZE=4.
+    Group settings suit the embedded broker (a ~3 s join) and real Kafka alike; two decode threads unless
+    told otherwise.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFP_")}
+    # `-m processor` must import this checkout whatever the caller's directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(EMBEDDED_CLIENT_ENV)
+    env.update({"DFP_BOOTSTRAP_SERVERS": bootstrap, "DFP_INPUT_TOPIC": input_topic, "DFP_OUTPUT_TOPIC": output_topic,
+                "DFP_DLQ_TOPIC": dlq_topic, "DFP_GROUP_ID": group, "DFP_HTTP_HOST": "127.0.0.1",
+                "DFP_LOG_FORMAT": "json", "DFP_DECODE_WORKERS": "2"})  # fmt: skip
+    env.update({f"DFP_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def parse_metrics(text: str) -> list[Any]:
+    """Every sample of a Prometheus text exposition (prometheus_client `Sample`s: name, labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric_samples(text: str, name: str) -> list[float]:
+    """Every value of sample `name` (any labels; counters end in `_total`) in a Prometheus text exposition."""
+    return [float(sample.value) for sample in parse_metrics(text) if sample.name == name]
 
 
 @dataclass

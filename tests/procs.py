@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from devtools.broker import EMBEDDED_CLIENT_ENV, free_port
-from devtools.runner import ProcessorProcess
+from devtools.runner import ProcessorProcess, metric_samples, processor_env  # noqa: F401 (shared with the bench)
 
 # Tansu joins groups in ~half of session.timeout.ms; keep it short for every processor a test starts.
 FAST_GROUP = EMBEDDED_CLIENT_ENV
@@ -40,17 +39,6 @@ class ProcessorProc(ProcessorProcess):
         """Send `sig` by PID while the child runs (SIGHUP reloads the model, SIGTERM starts a drain)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-
-
-def processor_env(bootstrap: str, input_topic: str, output_topic: str, dlq_topic: str, group: str,
-                  **settings: str) -> dict[str, str]:  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFP_")}
-    env.update(FAST_GROUP)
-    env.update({"DFP_BOOTSTRAP_SERVERS": bootstrap, "DFP_INPUT_TOPIC": input_topic, "DFP_OUTPUT_TOPIC": output_topic,
-                "DFP_DLQ_TOPIC": dlq_topic, "DFP_GROUP_ID": group, "DFP_HTTP_HOST": "127.0.0.1",
-                "DFP_LOG_FORMAT": "json", "DFP_DECODE_WORKERS": "2"})  # fmt: skip
-    env.update({f"DFP_{k.upper()}": v for k, v in settings.items()})
-    return env
 
 
 def new_processor(env: dict[str, str], log_dir: Path, name: str = "processor") -> ProcessorProc:
@@ -184,15 +172,6 @@ def wait_for(condition: Any, timeout_s: float, what: str, interval_s: float = 0.
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def metric_samples(text: str, name: str) -> list[float]:
-    """Every sample value of metric `name` (any labels) in a Prometheus text exposition."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            out.append(float(line.rsplit(" ", 1)[1]))
-    return out
 
 
 def rss_mb(pid: int) -> float:
