@@ -6,7 +6,7 @@ import argparse
 import glob
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +159,27 @@ def run_produce(args: argparse.Namespace) -> int:
         f"({summary['events_per_s']} events/s)"
     )
     return 0
+
+
+def send_trace(
+    producer: Producer, topic: str, events: Iterable[SampleEvent], offsets_s: Sequence[float]
+) -> dict[str, float]:
+    """Produce event i at `offsets_s[i]` seconds after the start (an arrival trace); flush; return a summary.
+
+    `late_p99_ms` is how far behind its planned time the sender got (the load generator's own lag: on a
+    busy machine a trace is only as faithful as this says).
+    """
+    started = time.monotonic()
+    late_ms: list[float] = []
+    sent = 0
+    for event, at in zip(events, offsets_s, strict=False):
+        delay = started + at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        late_ms.append(max(0.0, -delay) * 1000.0)
+        _produce(producer, topic, event)
+        sent += 1
+    producer.flush(60)
+    late_ms.sort()
+    p99 = late_ms[min(len(late_ms) - 1, int(0.99 * len(late_ms)))] if late_ms else 0.0
+    return {"sent": sent, "seconds": round(time.monotonic() - started, 3), "late_p99_ms": round(p99, 2)}

@@ -20,7 +20,7 @@ from models.loader import ModelFiles, resolve_model
 from processor.batcher import MicroBatcher
 from processor.consumer import StreamLoop
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
-from processor.engine import Engine, gpu_provider_listed
+from processor.engine import Engine
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ConfigError, ProcessorError, Unrecoverable
 from processor.fetch import UrlFetcher
@@ -28,9 +28,10 @@ from processor.http.api import ApiLimits, DetectApi
 from processor.http.server import HttpServer
 from processor.inflight import InFlight
 from processor.outcomes import Decided, Outcomes
+from processor.providers import gpu_provider_listed
 from processor.publish import Publisher, producer_config
 from processor.scorer import Scorer
-from processor.settings import Delivery, MiB, Settings
+from processor.settings import Delivery, MiB, Providers, Settings
 from processor.slo import SloController
 from processor.telemetry.gpu import GpuMonitor
 from processor.telemetry.health import Health
@@ -44,17 +45,19 @@ def load_engine(settings: Settings, model_dir: Path | None = None, variant: str 
     model_dir = model_dir or settings.model_dir
     variant = variant or settings.model_variant.value
 
-    def open_engine(gpu: bool, wanted: str) -> Engine:
+    def open_engine(gpu: bool, wanted: str, providers: Providers) -> Engine:
         model: ModelFiles = resolve_model(model_dir, wanted, gpu=gpu)
-        return Engine(model, settings.providers, require_gpu=settings.require_gpu,
+        return Engine(model, providers, require_gpu=settings.require_gpu,
                       threads=settings.inference_threads, fake_label=settings.fake_label,
                       threshold=settings.fake_threshold, cuda_graphs=settings.cuda_graphs,
-                      batch_buckets=tuple(settings.batch_buckets))  # fmt: skip
+                      batch_buckets=tuple(settings.batch_buckets),
+                      trt_cache_dir=settings.trt_cache_dir)  # fmt: skip
 
-    engine = open_engine(gpu_provider_listed(settings.providers), variant)
+    engine = open_engine(gpu_provider_listed(settings.providers), variant, settings.providers)
     if not engine.gpu and engine.model.variant == "fp16" and variant == "auto":
-        # A GPU was listed but the session fell back to CPU: fp16 is the slow choice there, reload for CPU.
-        engine = open_engine(False, "auto")
+        # A GPU was listed but the session fell back to CPU (already logged once): fp16 is the slow choice
+        # there, so reload the CPU pick on the CPU provider without trying the GPU again.
+        engine = open_engine(False, "auto", Providers.CPU)
     return engine
 
 

@@ -91,8 +91,9 @@ def _optional_commands() -> list[Callable[[Any], None]]:
     registers: list[Callable[[Any], None]] = [demo, produce, schemas]
     try:
         from bench.cli import register as bench
+        from bench.soak import register as soak
 
-        registers.append(bench)
+        registers += [bench, soak]
     except ImportError:
         pass
     try:
