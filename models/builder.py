@@ -3,7 +3,10 @@
 The graph mirrors Hugging Face `ViTForImageClassification`: 16×16 patch Conv, cls token, position
 embeddings, pre-LN blocks (multi-head self-attention, Erf-GELU MLP), final LayerNorm, linear head
 on the cls token. Weights are seeded random, so the same arguments always give byte-identical
-files. Regenerate the bundled demo model with
+files. The signature is the one Optimum / transformers.js export: every input dim symbolic
+(`pixel_values` [batch_size, num_channels, height, width], `logits` [batch_size, num_labels]), so the
+image size lives only in preprocessor_config.json and the class count only in config.json; `fixed_shapes`
+declares 3×H×W and C instead. Regenerate the bundled demo model with
 `python -m models.builder --arch vit-tiny --out models/bundled/vit-tiny`.
 """
 
@@ -139,8 +142,22 @@ def _mlp(g: _Graph, x: str, arch: VitArch, prefix: str) -> str:
     return g.linear(gelu, arch.intermediate_size, arch.hidden_size, f"{prefix}.output")
 
 
-def build_model(arch: str, *, seed: int = 0, num_labels: int = 2, image_size: int = 224) -> onnx.ModelProto:
-    """The ViT classifier graph: `pixel_values` float32 [batch,3,H,W] -> `logits` float32 [batch,C]."""
+def build_model(
+    arch: str, *, seed: int = 0, num_labels: int = 2, image_size: int = 224, fixed_shapes: bool = False
+) -> onnx.ModelProto:
+    """The ViT classifier graph: `pixel_values` float32 [N,3,H,W] -> `logits` float32 [N,C].
+
+    Args:
+        arch: a key of ARCHS.
+        seed: weight seed; the same arguments give byte-identical graphs.
+        num_labels: C, the width of `logits`.
+        image_size: H = W; the position embeddings are sized for it.
+        fixed_shapes: declare [batch_size,3,H,W] -> [batch_size,C]; by default every dim is symbolic
+            ([batch_size,num_channels,height,width] -> [batch_size,num_labels]), as Optimum exports ViT.
+
+    Returns:
+        The checked ModelProto.
+    """
     shape = _arch(arch)
     if image_size % shape.patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of the patch size {shape.patch_size}")
@@ -155,11 +172,12 @@ def build_model(arch: str, *, seed: int = 0, num_labels: int = 2, image_size: in
     x = g.layer_norm(x, shape.hidden_size, "layernorm")
     cls = g.op("Gather", [x, g.const(0, np.int64)], "cls_hidden", axis=1)
     g.linear(cls, shape.hidden_size, num_labels, "classifier", out="logits")
+    in_dims, out_dims = signature(image_size, num_labels, fixed_shapes=fixed_shapes)
     graph = helper.make_graph(
         g.nodes,
         f"{arch}-classifier",
-        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, image_size, image_size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels])],
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, in_dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_dims)],
         initializer=g.initializers,
     )
     model = helper.make_model(
@@ -171,6 +189,24 @@ def build_model(arch: str, *, seed: int = 0, num_labels: int = 2, image_size: in
     )
     onnx.checker.check_model(model)
     return model
+
+
+def signature(
+    image_size: int, num_labels: int, *, fixed_shapes: bool = False
+) -> tuple[list[int | str], list[int | str]]:
+    """Declared (input, output) dims: symbolic as Optimum / transformers.js export them, or fixed but the batch.
+
+    Args:
+        image_size: H = W of the fixed signature.
+        num_labels: C of the fixed signature.
+        fixed_shapes: declare 3, H, W and C instead of names.
+
+    Returns:
+        The `pixel_values` dims and the `logits` dims.
+    """
+    if fixed_shapes:
+        return ["batch_size", 3, image_size, image_size], ["batch_size", num_labels]
+    return ["batch_size", "num_channels", "height", "width"], ["batch_size", "num_labels"]
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
@@ -185,12 +221,25 @@ def build_model_dir(
     seed: int = 0,
     labels: Sequence[str] = ("Real", "Fake"),
     image_size: int = 224,
+    fixed_shapes: bool = False,
 ) -> Path:
-    """Write `config.json`, `preprocessor_config.json` and `onnx/model.onnx` under `out_dir`; return it."""
+    """Write `config.json`, `preprocessor_config.json` and `onnx/model.onnx` under `out_dir`.
+
+    Args:
+        arch: a key of ARCHS.
+        out_dir: the model directory to write (created with parents).
+        seed: weight seed.
+        labels: id2label values in index order.
+        image_size: H = W, written to preprocessor_config.json `size`.
+        fixed_shapes: declare fixed dims in the graph (default: symbolic, as real exports are).
+
+    Returns:
+        `out_dir`.
+    """
     shape = _arch(arch)
     if len(labels) < 1 or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be non-empty and distinct, got {list(labels)}")
-    model = build_model(arch, seed=seed, num_labels=len(labels), image_size=image_size)
+    model = build_model(arch, seed=seed, num_labels=len(labels), image_size=image_size, fixed_shapes=fixed_shapes)
     onnx_dir = out_dir / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD_BYTES
@@ -260,9 +309,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", default="Real,Fake", help="comma-separated class labels, index order")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--fixed-shapes", action="store_true", help="declare 3×H×W and C instead of symbolic dims")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_model_dir(args.arch, args.out, seed=args.seed, labels=args.labels.split(","), image_size=args.image_size)
+    build_model_dir(args.arch, args.out, seed=args.seed, labels=args.labels.split(","), image_size=args.image_size,
+                    fixed_shapes=args.fixed_shapes)  # fmt: skip
 
 
 if __name__ == "__main__":

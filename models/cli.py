@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
     build.add_argument("--seed", type=int, default=0, help="weight seed; the same seed gives identical files")
     build.add_argument("--labels", default="Real,Fake", help="comma-separated class labels in index order")
     build.add_argument("--image-size", type=int, default=224, help="input height and width (multiple of 16)")
+    build.add_argument("--fixed-shapes", action="store_true",
+                       help="declare [batch_size,3,H,W] -> [batch_size,C] instead of the symbolic dims real "
+                       "Optimum / transformers.js exports declare (the default)")  # fmt: skip
     build.set_defaults(handler=cmd_build)
 
     variants = commands.add_parser("variants", help="derive fp16/int8/q4/bnb4 variants into DIR/onnx/")
@@ -60,11 +63,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     labels = [label.strip() for label in args.labels.split(",")]
     try:
-        out = build_model_dir(args.arch, args.out, seed=args.seed, labels=labels, image_size=args.image_size)
+        out = build_model_dir(args.arch, args.out, seed=args.seed, labels=labels, image_size=args.image_size,
+                              fixed_shapes=args.fixed_shapes)  # fmt: skip
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     model = out / "onnx" / "model.onnx"
-    print(f"built {args.arch} (seed {args.seed}, labels {', '.join(labels)}): {model} {_mb(model)}")
+    dims = "fixed" if args.fixed_shapes else "symbolic"
+    print(f"built {args.arch} (seed {args.seed}, labels {', '.join(labels)}, {dims} dims): {model} {_mb(model)}")
     return 0
 
 

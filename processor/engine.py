@@ -1,9 +1,7 @@
-"""Inference engine: the one ONNX Runtime session (TensorRT → CUDA → CPU), its warm-up, and logits → probabilities."""
+"""Inference engine: the one ONNX Runtime session, the provider it really runs on, warm-up, logits → probabilities."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -16,67 +14,28 @@ import onnxruntime as ort
 from models.loader import ModelFiles, fake_class_index
 from models.postprocess import probabilities
 from processor.errors import ConfigError
-from processor.settings import Providers
+from processor.logs import NativeLine, emit_native, native_output_captured
+from processor.providers import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    GRAPHS_CUDA,
+    GRAPHS_OFF,
+    GRAPHS_TENSORRT,
+    TRT,
+    ensure_trt_cache_dir,
+    gpu_driver_present,
+    plan_providers,
+    preload_cuda_libraries,
+    provider_options,
+)
+from processor.settings import Providers, default_trt_cache_dir
 from processor.static_binding import StaticBindings, TensorSpec
 from schemas import ModelRef
 
 log = logging.getLogger(__name__)
-
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-_WANTED: dict[Providers, tuple[str, ...]] = {
-    Providers.AUTO: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-    Providers.TENSORRT: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-    Providers.CUDA: ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    Providers.CPU: ("CPUExecutionProvider",),
-}
-
-
-# TensorRT builds an engine per input shape on first use (minutes for ViT-B); caching them makes restarts cheap.
-TRT_CACHE_DIR = Path.home() / ".cache" / "deepfake-processor" / "trt"
-
-
-def provider_options(
-    providers: list[str], *, cuda_graphs: bool = False, static_shapes: int = 0
-) -> list[str | tuple[str, dict[str, str]]]:
-    """The `providers` argument of InferenceSession: each provider with the options we set for it.
-
-    CUDA graphs are asked of one provider only: ORT captures with a single EP, which must hold every compute node,
-    so with TensorRT leading, CUDA (which then holds only the nodes TensorRT refused) gets no graph option.
-    TensorRT keeps one graph per session (it ignores gpu_graph_id), so it captures only with one static shape.
-    """
-    out: list[str | tuple[str, dict[str, str]]] = []
-    for name in providers:
-        if name == "TensorrtExecutionProvider":
-            options = {
-                "trt_fp16_enable": "True",
-                "trt_engine_cache_enable": "True",
-                "trt_engine_cache_path": str(TRT_CACHE_DIR),
-            }
-            if cuda_graphs and static_shapes == 1:
-                options["trt_cuda_graph_enable"] = "True"
-            out.append((name, options))
-        elif name == "CUDAExecutionProvider" and cuda_graphs and "TensorrtExecutionProvider" not in providers:
-            out.append((name, {"enable_cuda_graph": "1"}))
-        else:
-            out.append(name)
-    return out
-
-
-@functools.cache
-def gpu_driver_present() -> bool:
-    """Whether the NVIDIA driver library loads at all (no driver = no GPU, whatever ORT lists)."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def gpu_provider_listed(choice: Providers) -> bool:
-    """Whether a GPU provider is listed and a driver is there (before a session proves it can really run)."""
-    return gpu_driver_present() and any(
-        p in ort.get_available_providers() for p in _WANTED[choice] if p in _GPU_PROVIDERS
-    )
+_ort_log = logging.getLogger("onnxruntime")
+ORT_WARNING = 2  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +72,7 @@ class Engine:
         threshold: float = 0.5,
         cuda_graphs: bool = False,
         batch_buckets: tuple[int, ...] = (),
+        trt_cache_dir: Path | None = None,
     ) -> None:
         self.model = model
         names = tuple(model.id2label[i] for i in sorted(model.id2label))
@@ -120,14 +80,13 @@ class Engine:
         buckets = tuple(sorted({b for b in batch_buckets if b > 0}))
         if cuda_graphs and not buckets:
             raise ConfigError("DFP_CUDA_GRAPHS=true needs DFP_BATCH_BUCKETS (one captured graph per static batch size)")
-        self.session = self._open(model.onnx_path, providers, threads, cuda_graphs, len(buckets))
+        self.plan = plan_providers(providers, ort.get_available_providers(), driver=gpu_driver_present(),
+                                   cuda_graphs=cuda_graphs, buckets=len(buckets))  # fmt: skip
+        self.session, native = self._open(model.onnx_path, threads, trt_cache_dir)
         self.provider = self.session.get_providers()[0]
-        self.gpu = self.provider in _GPU_PROVIDERS
-        if require_gpu and not self.gpu:
-            raise ConfigError(
-                "DFP_REQUIRE_GPU=true but the session runs on CPUExecutionProvider "
-                f"(available: {', '.join(ort.get_available_providers())})"
-            )
+        self.gpu = self.provider in GPU_PROVIDERS
+        self._report_provider(providers, native, require_gpu)
+        self.graphs = self._graph_mode(cuda_graphs)
         self.input_name, self.output_name = self._io_names()
         # A model exported with fp16 I/O takes half-size tensors: cast on the host (half the H2D bytes)
         # instead of letting a float32 input fail or adding a Cast node.
@@ -135,6 +94,7 @@ class Engine:
         # On CUDA, bind inputs/outputs explicitly (one H2D copy, output straight to host memory).
         self._bind = self.provider == "CUDAExecutionProvider"
         self.static = self._static_bindings(buckets) if cuda_graphs else None
+        self.cuda_dlls_preloaded = any(p in GPU_PROVIDERS for p in self.plan.providers) and preload_cuda_libraries()
         self.ref = ModelRef(name=model.name, variant=model.variant, provider=self.provider, sha256=model.sha256)
         log.info(
             "model loaded",
@@ -144,63 +104,112 @@ class Engine:
                 "provider": self.provider,
                 "sha256": model.sha256[:12],
                 "path": str(model.onnx_path),
-                "cuda_graphs": cuda_graphs,
+                "cuda_graphs": self.graphs,
+                "providers_tried": list(self.plan.providers),
+                "cuda_dlls_preloaded": self.cuda_dlls_preloaded,
             },
         )
 
+    def _report_provider(self, choice: Providers, native: list[NativeLine], require_gpu: bool) -> None:
+        """One warning when a wanted GPU provider is not what runs (with ORT's own words); the rest as records."""
+        if self.gpu or choice is Providers.CPU:
+            emit_native(native, _ort_log)
+            return
+        errors = [line.text for line in native if line.level >= logging.WARNING]
+        reason = self.plan.skipped_gpu or next(
+            (t for t in errors if "cannot open shared object" in t or "Failed to" in t), errors[0] if errors else ""
+        )
+        if not any(p in GPU_PROVIDERS for p in self.plan.providers) and not reason:
+            reason = (
+                f"no GPU provider in this onnxruntime build (available: {', '.join(ort.get_available_providers())})"
+            )
+        if require_gpu:
+            raise ConfigError(f"DFP_REQUIRE_GPU=true but the session runs on {self.provider}: {reason}")
+        log.warning(
+            "GPU provider not used; running on CPU",
+            extra={"event": "provider_fallback", "requested": choice.value, "tried": list(self.plan.providers),
+                   "provider": self.provider, "reason": reason, "ort_output": errors or None},
+        )  # fmt: skip
+
+    def _graph_mode(self, cuda_graphs: bool) -> str:
+        """The CUDA-graph mode the session really got; one line says which and why (a warning when it is off)."""
+        if not cuda_graphs:
+            return GRAPHS_OFF
+        lead = {GRAPHS_CUDA: CUDA, GRAPHS_TENSORRT: TRT}.get(self.plan.graphs)
+        mode, reason = self.plan.graphs, self.plan.reason
+        if lead != self.provider:
+            mode = GRAPHS_OFF
+            if self.provider == CPU:
+                reason = f"CUDA graphs need the CUDA provider; the session runs on {self.provider}"
+            else:
+                reason = f"{reason}; but the session runs on {self.provider}, which was not asked to capture"
+        level = logging.INFO if mode != GRAPHS_OFF else logging.WARNING
+        suffix = "" if mode != GRAPHS_OFF else "; static per-bucket binding only"
+        log.log(level, f"CUDA graphs {mode}: {reason}{suffix}", extra={"cuda_graphs": mode, "reason": reason,
+                                                                     "provider": self.provider})  # fmt: skip
+        return mode
+
     def _static_bindings(self, buckets: tuple[int, ...]) -> StaticBindings:
-        if self.provider == "TensorrtExecutionProvider" and len(buckets) > 1:
-            log.warning(
-                "TensorRT keeps one CUDA graph per session; with several DFP_BATCH_BUCKETS it captures none "
-                "(DFP_PROVIDERS=cuda captures one per bucket); static per-bucket binding only",
-                extra={"buckets": list(buckets)},
-            )
-        elif not self.gpu:
-            log.warning(
-                "CUDA graphs need the CUDA provider; static per-bucket binding only", extra={"provider": self.provider}
-            )
         return StaticBindings(
             self.session,
             (self.input_name, self.output_name),
             buckets,
             self._tensor_spec(),
             device="cuda" if self.gpu else "cpu",
-            graph_ids=self.provider == "CUDAExecutionProvider",
+            graph_ids=self.graphs == GRAPHS_CUDA,
         )
 
     def _tensor_spec(self) -> TensorSpec:
-        sample = self.session.get_inputs()[0].shape[1:]
+        """Fixed shapes for the per-bucket buffers, from the model's configs, not from the graph.
+
+        Optimum / transformers.js exports declare every dim symbolic ([batch_size,num_channels,height,width] ->
+        [batch_size,num_labels]): the image size exists only in preprocessor_config.json and the class count
+        only in config.json. A dim the graph does fix must agree (a one-logit sigmoid head keeps its 1).
+        """
+        pre = self.model.preprocess
+        sample = (3, pre.height, pre.width)
+        declared = self.session.get_inputs()[0].shape[1:]
+        for got, want, what in zip(declared, sample, ("channels", "height", "width"), strict=True):
+            if isinstance(got, int) and got != want:
+                raise ConfigError(
+                    f"DFP_MODEL_DIR: the model's input declares {what} {got} but preprocessor_config.json gives "
+                    f"{want} (input {self.session.get_inputs()[0].shape})"
+                )
         output = next(o for o in self.session.get_outputs() if o.name == self.output_name)
-        classes = output.shape[1] if len(output.shape) == 2 else None
-        if not all(isinstance(d, int) for d in sample) or not isinstance(classes, int):
-            # Buffers are allocated up front, one per bucket, so every dimension but the batch must be fixed.
-            raise ConfigError(
-                "DFP_CUDA_GRAPHS=true needs a model with a fixed input size and class count "
-                f"(input {self.session.get_inputs()[0].shape}, output {output.shape})"
-            )
+        fixed = output.shape[1] if len(output.shape) == 2 and isinstance(output.shape[1], int) else None
+        classes = fixed or len(self.model.id2label)
         out_dtype = np.float16 if output.type == "tensor(float16)" else np.float32
-        return TensorSpec(tuple(sample), self.input_dtype, classes, out_dtype)
+        return TensorSpec(sample, self.input_dtype, classes, out_dtype)
 
     def _open(
-        self, path: Path, choice: Providers, threads: int, cuda_graphs: bool, static_shapes: int
-    ) -> ort.InferenceSession:
+        self, path: Path, threads: int, trt_cache_dir: Path | None
+    ) -> tuple[ort.InferenceSession, list[NativeLine]]:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        options.log_severity_level = 3  # ORT warns loudly when CUDA is listed but absent; our log says what runs
+        # Warnings on: CUDA-graph capture fallbacks and provider load failures are warnings. What ORT prints while
+        # providers load goes to fds 1/2, not to this logger, so it is captured and re-emitted as records.
+        options.log_severity_level = ORT_WARNING
+        ort.set_default_logger_severity(ORT_WARNING)
         # Idle intra-op threads spin by default, burning the cores the decode pool needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        wanted = [p for p in _WANTED[choice] if p in ort.get_available_providers()]
-        if choice is Providers.AUTO and not gpu_driver_present():
-            # onnxruntime-gpu lists CUDA/TensorRT even without a GPU and prints a page of EP errors trying them.
-            wanted = ["CPUExecutionProvider"]
-        if choice is not Providers.AUTO and choice is not Providers.CPU and wanted == ["CPUExecutionProvider"]:
-            log.warning("requested provider is not available; falling back to CPU", extra={"requested": choice.value})
-        try:
-            providers = provider_options(wanted, cuda_graphs=cuda_graphs, static_shapes=static_shapes)
-            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the model cannot serve
-            raise ConfigError(f"DFP_MODEL_DIR: cannot load {path}: {str(exc)[:500]}") from None
+        if TRT in self.plan.providers:
+            trt_cache_dir = ensure_trt_cache_dir(trt_cache_dir or default_trt_cache_dir())
+        gpu = any(p in GPU_PROVIDERS for p in self.plan.providers)
+        with native_output_captured() as native:
+            if gpu:
+                preload_cuda_libraries()  # before the first CUDA/TensorRT session, once per process
+            try:
+                providers = provider_options(self.plan, trt_cache_dir)
+                session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the model cannot serve
+                failure: Exception | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            emit_native(native, _ort_log)
+            raise ConfigError(f"DFP_MODEL_DIR: cannot load {path}: {str(failure)[:500]}") from None
+        return session, native
 
     def _io_names(self) -> tuple[str, str]:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -232,7 +241,26 @@ class Engine:
         return np.asarray(binding.copy_outputs_to_cpu()[0])
 
     def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run once per batch size so the first real batch pays no allocation or kernel-selection cost."""
+        """Run once per batch size so the first real batch pays no allocation or kernel-selection cost.
+
+        With CUDA graphs this is where each bucket's graph is captured; ORT's warnings about it (a capture that
+        falls back) are printed natively, so they are captured and logged as records.
+
+        Args:
+            sample_shape: one image's CHW shape, from the preprocessor config.
+            batch_sizes: every batch size to run once.
+
+        Raises:
+            ConfigError: non-finite scores on a blank image, or a class count that differs from id2label.
+        """
+        native: list[NativeLine] = []
+        try:
+            with native_output_captured() as native:
+                self._warm_up(sample_shape, batch_sizes)
+        finally:
+            emit_native(native, _ort_log)
+
+    def _warm_up(self, sample_shape: tuple[int, ...], batch_sizes: tuple[int, ...]) -> None:
         for n in batch_sizes:
             probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))
             if not np.isfinite(probs).all():

@@ -1,12 +1,25 @@
-"""Structured logging: JSON lines by default (one object per record with its context fields), text for humans."""
+"""Structured logging: JSON lines by default (one object per record with its context fields), text for humans.
+
+Native libraries (ONNX Runtime) print straight to file descriptors 1 and 2 while providers load;
+`native_output_captured` catches those writes for a while and `emit_native` turns them into records, so a
+process that logs JSON writes nothing but JSON.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is context worth printing.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
@@ -61,9 +74,112 @@ class RepeatFilter(logging.Filter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every record to stderr as one JSON object per line (`fmt="json"`) or as text (`"text"`).
+
+    The handler writes through its own duplicate of fd 2, so records logged while `native_output_captured`
+    has fd 2 redirected still reach stderr directly instead of being captured and re-wrapped.
+
+    Args:
+        level: the root logger's level name.
+        fmt: "json" or "text".
+    """
+    handler = logging.StreamHandler(_log_stream())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# ONNX Runtime's default sink: "2026-11-30 13:10:09.52 [E:onnxruntime:Default, file.cc:123 func] message".
+_ORT_LINE = re.compile(r"^\S+ \S+ \[([VIWEF]):onnxruntime:[^,\]]*,? ?([^\]]*)\] ?(.*)$")
+_ORT_LEVELS = {"V": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+_CAPTURE_LOCK = threading.Lock()
+_stream: IO[str] | None = None
+
+
+def _log_stream() -> IO[str]:
+    """A line-buffered stream on a duplicate of fd 2, made once per process (sys.stderr if it has no fd)."""
+    global _stream
+    if _stream is None:
+        try:
+            _stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+        except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+            return sys.stderr
+    return _stream
+
+
+@dataclass(frozen=True, slots=True)
+class NativeLine:
+    """One line a native library printed while captured: where, how severe, and its text without colour codes."""
+
+    stream: str  # "stdout" or "stderr"
+    level: int  # a logging level; untagged lines count as warnings (EP error banners, DLL load failures)
+    text: str
+    source: str = ""  # ORT's "file.cc:line function", when the line carries it
+
+
+def parse_native(stream: str, raw: str) -> list[NativeLine]:
+    """Split captured output into lines, dropping blanks and ORT's `*****` banner rules.
+
+    Args:
+        stream: "stdout" or "stderr", recorded on each line.
+        raw: the captured text.
+
+    Returns:
+        One NativeLine per meaningful line, in order.
+    """
+    lines = []
+    for line in _ANSI.sub("", raw).splitlines():
+        text = line.strip()
+        if not text.strip("*").strip():
+            continue
+        match = _ORT_LINE.match(text)
+        if match:
+            lines.append(NativeLine(stream, _ORT_LEVELS[match[1]], match[3].strip(), match[2].strip()))
+        else:
+            lines.append(NativeLine(stream, logging.WARNING, text))
+    return lines
+
+
+@contextmanager
+def native_output_captured() -> Iterator[list[NativeLine]]:
+    """Redirect fds 1 and 2 to temporary files for the block; the yielded list holds their lines afterwards.
+
+    Temporary files rather than pipes: a library that prints more than a pipe holds would block on a pipe
+    nobody reads until the block ends. One capture at a time per process (a lock), since fds are global.
+    """
+    lines: list[NativeLine] = []
+    with _CAPTURE_LOCK, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        _flush_python_streams()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        sinks = {1: out, 2: err}
+        try:
+            for fd, sink in sinks.items():
+                os.dup2(sink.fileno(), fd)
+            yield lines
+        finally:
+            _flush_python_streams()  # Python-level prints (onnxruntime.preload_dlls) sit in sys.stdout's buffer
+            for fd, sink in sinks.items():
+                os.dup2(saved[fd], fd)
+                os.close(saved[fd])
+                sink.seek(0)
+                lines.extend(parse_native("stdout" if fd == 1 else "stderr", sink.read().decode(errors="replace")))
+
+
+def emit_native(lines: list[NativeLine], logger: logging.Logger) -> None:
+    """Log each captured native line as one record at its own level, with its stream and source as fields.
+
+    Args:
+        lines: what `native_output_captured` collected.
+        logger: the logger to emit on (e.g. `logging.getLogger("onnxruntime")`).
+    """
+    for line in lines:
+        logger.log(line.level, line.text, extra={"stream": line.stream, "source": line.source or None})
+
+
+def _flush_python_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # closed or replaced: nothing to lose
+            stream.flush()

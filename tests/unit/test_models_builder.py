@@ -35,11 +35,26 @@ def test_tiny_graph_runs_in_onnxruntime_with_finite_logits_per_image(tiny_dir: P
     assert np.isfinite(logits).all()
 
 
-def test_batch_axis_is_dynamic_and_named_batch(tiny_dir: Path) -> None:
-    session = _session(tiny_dir / "onnx" / "model.onnx")
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.shape) == ("pixel_values", ["batch", 3, 224, 224])
-    assert (out.name, out.shape) == ("logits", ["batch", 2])
+def _declared(path: Path) -> list[tuple[str, list[int | str]]]:
+    graph = onnx.load(path).graph
+    return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in (*graph.input, *graph.output)]  # fmt: skip
+
+
+def test_default_export_declares_every_dim_symbolic_as_optimum_does(tiny_dir: Path) -> None:
+    # The image size then lives only in preprocessor_config.json and the class count only in config.json.
+    assert _declared(tiny_dir / "onnx" / "model.onnx") == [
+        ("pixel_values", ["batch_size", "num_channels", "height", "width"]),
+        ("logits", ["batch_size", "num_labels"]),
+    ]
+
+
+def test_fixed_shapes_declares_channels_size_and_classes_but_keeps_the_batch_dynamic(tmp_path: Path) -> None:
+    out = build_model_dir("vit-tiny", tmp_path, labels=("a", "b", "c"), image_size=64, fixed_shapes=True)
+    assert _declared(out / "onnx" / "model.onnx") == [
+        ("pixel_values", ["batch_size", 3, 64, 64]),
+        ("logits", ["batch_size", 3]),
+    ]
 
 
 def test_each_image_scores_the_same_alone_or_in_a_batch(tiny_dir: Path) -> None:

@@ -34,6 +34,20 @@ def test_build_writes_the_spec_layout_with_the_given_labels(tmp_path: Path, caps
     assert f"{out / 'onnx' / 'model.onnx'}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("flags", "dims"), [([], "symbolic"), (["--fixed-shapes"], "fixed")])
+def test_build_emits_the_symbolic_export_signature_unless_asked_for_fixed_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], dims: str
+) -> None:
+    import onnx
+
+    out = tmp_path / "m"
+    assert main(["models", "build", "--arch", "vit-tiny", "--out", str(out), *flags]) == 0
+    assert f"{dims} dims" in capsys.readouterr().out
+    (inp,) = onnx.load(out / "onnx" / "model.onnx").graph.input
+    declared = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert declared == (["batch_size", 3, 224, 224] if flags else ["batch_size", "num_channels", "height", "width"])
+
+
 def test_variants_prints_one_progress_line_per_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m"
     assert main(["models", "build", "--arch", "vit-tiny", "--out", str(out)]) == 0
@@ -58,7 +72,7 @@ def test_inspect_prints_a_table_and_writes_json_for_every_variant(
     assert rows["fp32"]["top1_agreement_pct"] is None
     assert all(rows[v]["max_abs_dprob"] < 0.05 for v in ("fp16", "int8", "q4", "bnb4"))
     assert {row["parameters"] for row in rows.values()} == {rows["fp32"]["parameters"]}
-    assert rows["int8"]["inputs"] == "pixel_values float32 [batch,3,224,224]"
+    assert rows["int8"]["inputs"] == "pixel_values float32 [batch_size,num_channels,height,width]"
     assert set(rows["q4"]["latency_ms"]) == {"1", "4"}
     assert data["images"] == 8 and data["machine"]["cpu_count"] >= 1
 

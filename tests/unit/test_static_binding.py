@@ -18,8 +18,9 @@ import pytest
 from onnxconverter_common import float16
 
 from models.loader import bundled_model_dir, resolve_model
-from processor.engine import TRT_CACHE_DIR, Engine, provider_options
+from processor.engine import Engine
 from processor.errors import ConfigError
+from processor.providers import GRAPHS_CUDA, GRAPHS_OFF, GRAPHS_TENSORRT, ProviderPlan, plan_providers, provider_options
 from processor.settings import Providers
 from processor.static_binding import GRAPH_ID_KEY, RUNS_BEFORE_CAPTURE, StaticBindings, graph_run_options
 
@@ -104,7 +105,7 @@ def test_every_static_run_happens_on_one_named_runner_thread_whoever_calls(
 
     def recording(*args: object) -> None:
         ran_on.append(threading.current_thread().name)
-        run(*args)  # type: ignore[arg-type]
+        run(*args)
 
     monkeypatch.setattr(static.session, "run_with_iobinding", recording)
     static.warm_up(SHAPE, BUCKETS)
@@ -134,7 +135,7 @@ def test_with_graph_ids_each_bucket_runs_uncaptured_first_then_always_under_its_
 
     def recording(binding: object, options: object) -> None:
         graph_ids.append(options.get_run_config_entry(GRAPH_ID_KEY))  # type: ignore[attr-defined]
-        run(binding, options)  # type: ignore[arg-type]
+        run(binding, options)
 
     monkeypatch.setattr(static.session, "run_with_iobinding", recording)
     batch = _batch(4, seed=10)
@@ -162,7 +163,7 @@ def test_a_dropped_engine_lets_its_runner_thread_go() -> None:
     engine = Engine(resolve_model(None), Providers.CPU, require_gpu=False, cuda_graphs=True, batch_buckets=(2,))
     engine.infer(_batch(2, seed=9))
     assert engine.static is not None
-    runner = engine.static._runner._threads.copy().pop()
+    runner = set(engine.static._runner._threads).pop()
     del engine
     gc.collect()
     runner.join(timeout=10)
@@ -191,39 +192,66 @@ def _options(entries: list[str | tuple[str, dict[str, str]]]) -> dict[str, dict[
     return dict(e if isinstance(e, tuple) else (e, {}) for e in entries)
 
 
+def _plan(choice: Providers, *, graphs: bool = True, buckets: int = 3, driver: bool = True) -> ProviderPlan:
+    return plan_providers(choice, [TRT, CUDA, CPU], driver=driver, cuda_graphs=graphs, buckets=buckets)
+
+
 def test_cuda_gets_enable_cuda_graph_only_when_the_flag_is_on() -> None:
-    assert _options(provider_options([CUDA, CPU], cuda_graphs=True, static_shapes=3))[CUDA] == {
-        "enable_cuda_graph": "1"
-    }
-    assert provider_options([CUDA, CPU]) == [CUDA, CPU]
-    assert provider_options([CUDA, CPU], cuda_graphs=False, static_shapes=3) == [CUDA, CPU]
+    assert _options(provider_options(_plan(Providers.CUDA)))[CUDA] == {"enable_cuda_graph": "1"}
+    assert provider_options(_plan(Providers.CUDA, graphs=False)) == [CUDA, CPU]
 
 
-def test_tensorrt_gets_its_graph_option_with_one_static_shape_and_cuda_then_gets_none() -> None:
-    on = _options(provider_options([TRT, CUDA, CPU], cuda_graphs=True, static_shapes=1))
+def test_auto_with_several_buckets_drops_tensorrt_so_cuda_captures_one_graph_per_bucket() -> None:
+    # The wheel always lists TensorRT: before, CUDA never got enable_cuda_graph under auto and graphs were off.
+    plan = _plan(Providers.AUTO, buckets=3)
+    assert plan.providers == (CUDA, CPU) and plan.graphs == GRAPHS_CUDA and "TensorRT dropped" in plan.reason
+    assert _options(provider_options(plan))[CUDA] == {"enable_cuda_graph": "1"}
+
+
+def test_auto_with_one_bucket_keeps_tensorrt_with_its_single_graph_and_cuda_gets_none() -> None:
+    plan = _plan(Providers.AUTO, buckets=1)
+    assert plan.providers == (TRT, CUDA, CPU) and plan.graphs == GRAPHS_TENSORRT
+    on = _options(provider_options(plan))
     assert on[TRT]["trt_cuda_graph_enable"] == "True"
     assert on[CUDA] == {}  # one EP captures; with TensorRT leading, CUDA holds only the nodes TensorRT refused
 
 
-def test_tensorrt_captures_nothing_with_several_shapes_since_it_keeps_one_graph() -> None:
-    several = _options(provider_options([TRT, CUDA, CPU], cuda_graphs=True, static_shapes=3))
-    assert "trt_cuda_graph_enable" not in several[TRT] and several[CUDA] == {}
+def test_explicit_tensorrt_with_several_buckets_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="DFP_PROVIDERS=tensorrt needs exactly one DFP_BATCH_BUCKETS"):
+        _plan(Providers.TENSORRT, buckets=3)
 
 
-def test_tensorrt_options_without_the_flag_are_unchanged() -> None:
-    assert _options(provider_options([TRT, CUDA, CPU])) == {
+def test_tensorrt_options_carry_the_cache_dir_and_no_graph_without_the_flag(tmp_path: Path) -> None:
+    assert _options(provider_options(_plan(Providers.AUTO, graphs=False), tmp_path / "trt")) == {
         TRT: {
             "trt_fp16_enable": "True",
             "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(TRT_CACHE_DIR),
+            "trt_engine_cache_path": str(tmp_path / "trt"),
         },
         CUDA: {},
         CPU: {},
     }
 
 
+def test_auto_without_a_driver_plans_cpu_only_and_says_why() -> None:
+    plan = _plan(Providers.AUTO, driver=False)
+    assert plan.providers == (CPU,) and plan.graphs == GRAPHS_OFF and "libcuda" in plan.skipped_gpu
+
+
 def test_cpu_only_provider_list_never_carries_graph_options() -> None:
-    assert provider_options([CPU], cuda_graphs=True, static_shapes=3) == [CPU]
+    assert provider_options(_plan(Providers.CPU)) == [CPU]
+
+
+def test_under_auto_on_this_cpu_host_graphs_are_reported_off_in_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="processor.engine"):
+        engine = Engine(resolve_model(None), Providers.AUTO, require_gpu=False, cuda_graphs=True, batch_buckets=BUCKETS)
+    lines = [
+        r
+        for r in caplog.records
+        if getattr(r, "cuda_graphs", None) is not None and r.getMessage().startswith("CUDA graphs")
+    ]
+    assert engine.graphs == GRAPHS_OFF
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING and lines[0].cuda_graphs == GRAPHS_OFF  # type: ignore[attr-defined]
 
 
 def test_graph_run_options_carry_the_graph_id_only_when_given() -> None:
