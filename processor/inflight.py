@@ -31,7 +31,7 @@ class Outcome:
 
 @dataclass(slots=True, eq=False)
 class InFlight:
-    """An event between consume and commit. Only the consumer thread mutates the delivery fields."""
+    """An event between consume and commit; only the consumer thread sets the delivery fields (produced_at, acked)."""
 
     topic: str
     partition: int
@@ -55,7 +55,8 @@ class InFlight:
     probs: np.ndarray | None = None  # (k, C)
     inference_ms: float = 0.0
     scored_by: Engine | None = None
-    # Set on the consumer thread.
+    # Set by processor.outcomes on the thread that decided the event's fate (a decode worker or the scorer);
+    # read by the consumer thread only after the event came through the `decided` queue.
     outcome: Outcome | None = None
     # Set for events of the synchronous HTTP API (/detect): resolved instead of producing to Kafka.
     waiter: Future[InFlight] | None = None
