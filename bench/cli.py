@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import inproc as inproc
+from bench.goodput import run_policy_stages
+from bench.goodput_report import goodput_plot, goodput_tables, partitions_lines
 from bench.plot import plot
 from bench.report import cpu_view, machine_info, markdown, ratios, targets, write_section
 from bench.stages import QUICK, Durations, progress, run_inprocess, run_kafka
@@ -28,6 +30,8 @@ from models.loader import resolve_model
 from processor.settings import Settings, load_settings
 
 STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency", "slo")
+# Opt-in (--stages): minutes each, on Apache Kafka (bench.goodput).
+POLICY_STAGES = ("partitions", "goodput")
 DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
 FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the full-size (ViT-B/16) targets
 
@@ -56,7 +60,15 @@ def register(sub: Any) -> None:
     p.add_argument("--slo-max-batch-size", type=int, default=None, help="slo stage: batch bound (default 2x MAX)")
     p.add_argument("--slo-max-wait-ms", type=float, default=None, help="slo stage: wait bound (default 10x MAX)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes (tests, CI)")
-    p.add_argument("--skip", type=_csv, default=[], help=f"stages to skip: {','.join(STAGES)}")
+    p.add_argument("--stages", type=_csv, default=list(STAGES),
+                   help=f"stages to run (default: {','.join(STAGES)}; also {','.join(POLICY_STAGES)})")  # fmt: skip
+    p.add_argument("--skip", type=_csv, default=[], help=f"stages to skip: {','.join(STAGES + POLICY_STAGES)}")
+    p.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                   help="goodput/partitions: Apache Kafka from Maven (default) or Tansu (smoke tests)")  # fmt: skip
+    p.add_argument("--goodput-samples", type=int, default=0, help="goodput: events per trace (default 1000)")
+    p.add_argument("--policies", type=_csv, default=None, help="goodput: batching policies (default: all five)")
+    p.add_argument("--burst-mean-pct", type=float, default=40.0,
+                   help="goodput: the bursty trace's mean, %% of the saturated rate (peaks 3x)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
     p.add_argument("--markdown", default="docs/BENCHMARKS.md", help="Markdown file to update ('' = none)")
     p.add_argument("--plot-dir", default="docs/img", help="where the PNG goes ('' = no plot)")
@@ -77,27 +89,36 @@ def _ints(text: str) -> list[int]:
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.render:
-        _report(json.loads(args.render.read_text(encoding="utf-8")), args)
+        saved = json.loads(args.render.read_text(encoding="utf-8"))
+        only_policies = set(saved["settings"].get("stages", [])) <= set(POLICY_STAGES)
+        (_report_policies if only_policies and saved.get("goodput") else _report)(saved, args)
         return 0
     import cv2
 
     cv2.setNumThreads(1)  # as processor.app.run: parallelism comes from the decode pool
-    unknown = sorted(set(args.skip) - set(STAGES))
+    known = STAGES + POLICY_STAGES
+    unknown = sorted((set(args.skip) | set(args.stages)) - set(known))
     if unknown:
-        print(f"bench: unknown stage(s) in --skip: {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+        print(f"bench: unknown stage(s): {', '.join(unknown)} (stages: {', '.join(known)})")
         return 2
-    todo = [s for s in STAGES if s not in args.skip]
+    todo = [s for s in known if s in args.stages and s not in args.skip]
     model_dir = prepare_model_dir(args.model_dir, args.arch, args.variants)
     variants = inproc.model_variants(model_dir, args.variants)
     settings = _settings(args, model_dir, variants[0] if args.variants else "auto")
     result = _new_result(args, settings, model_dir, variants)
+    result["settings"]["stages"] = todo
     events = list(iter_events(64, parse_sizes(args.sizes), args.formats))
     with progress(len(todo), args.no_progress) as bar:
         settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
         if {"baseline", "e2e", "latency", "slo"} & set(todo):
             run_kafka(todo, settings, events, _durations(args), result, bar, args)
+        if set(POLICY_STAGES) & set(todo):
+            run_policy_stages(todo, settings, events, result, bar, args)
     _finish(result, model_dir, settings)
-    _report(result, args)
+    if set(todo) <= set(POLICY_STAGES):
+        _report_policies(result, args)  # the main section and plot stay as the last full run left them
+    else:
+        _report(result, args)
     return 0
 
 
@@ -158,6 +179,27 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _print_summary(result, args, png)
+
+
+def _report_policies(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """goodput/partitions only: their JSON, their own Markdown section and plot."""
+    label = f"goodput-{result['settings']['label']}"
+    png = goodput_plot(result, Path(args.plot_dir) / f"{label}.png") if args.plot_dir else None
+    json_name = str(args.json) if args.json else None
+    if args.markdown:
+        path = Path(args.markdown)
+        m = result["machine"]
+        lines = [f"#### {label} — {result['settings']['served_variant']} ({m['date']}; {m['cpu_model']}, "
+                 f"{m['cores']} cores, load average {m['load_average_1m']} at start, "
+                 f"{m.get('load_average_1m_end', '?')} at end)", "", f"- Command: `{m['command_line']}`", "",
+                 *partitions_lines(result, json_name), "", *goodput_tables(result, json_name)]  # fmt: skip
+        if png is not None:
+            lines += ["", f"![{label}]({os.path.relpath(png, path.parent)})"]
+        write_section(path, label, "\n".join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("\n".join([*partitions_lines(result), *goodput_tables(result)]))
 
 
 def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path | None) -> None:

@@ -1,0 +1,244 @@
+"""Goodput and partitions stages: batching policies under identical arrival traces, on Apache Kafka.
+
+goodput: measure the processor's saturated rate (a backlog, fixed batching at the plan's bounds), then for each
+batching policy start the same processor with DFP_BATCH_POLICY set and replay the same seeded traces through
+it: Poisson arrivals at 25, 50, 75 and 90 % of that rate, and an on/off trace whose bursts run at 3x its mean.
+Latency is output Kafka timestamp − input Kafka timestamp; goodput is results within the SLO per second.
+partitions: the saturated rate with the input topic on 1 partition vs 6 (does one partition keep the model busy?).
+
+Both run on real Apache Kafka (devtools.apache_kafka): the embedded broker holds every fetch for
+fetch.wait.max.ms, which would put the broker's latency into every figure. `--broker tansu` exists only for
+the quick smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.e2e import e2e_run, latency_percentiles, metric_samples, scrape_gauges, wait_for_outputs
+from bench.kafka import input_timestamps
+from bench.stages import KafkaRun, Running
+from bench.workload import relabelled
+from devtools.samples import SampleEvent
+from processor.policies import PolicyName
+from processor.settings import Settings
+
+POLICIES = tuple(p.value for p in PolicyName)
+POISSON_LOADS = (25, 50, 75, 90)
+BURST_PEAK = 3.0  # bursts run at 3x the trace's mean rate, on for a third of each period, off otherwise
+PARTITION_COUNTS = (1, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class GoodputPlan:
+    """Bounds every policy shares, the SLO, and how much each trace sends."""
+
+    max_batch_size: int
+    max_batch_wait_ms: float
+    latency_target_ms: float
+    samples: int  # events per trace (each one a latency sample)
+    max_events: int  # backlog that measures the saturated rate
+    warm_up_s: float  # per policy, sent at 50 % load and not counted
+    burst_mean_pct: float  # the bursty trace's mean load; its bursts reach BURST_PEAK x this
+    burst_on_s: float
+    seed: int = 0
+
+
+def goodput_plan(settings: Settings, args: argparse.Namespace) -> GoodputPlan:
+    """Roomy bounds (2x MAX_BATCH_SIZE, 10x MAX_BATCH_WAIT_MS unless given) and a 100 ms SLO unless given."""
+    quick = bool(args.quick)
+    return GoodputPlan(
+        max_batch_size=args.slo_max_batch_size or 2 * settings.max_batch_size,
+        max_batch_wait_ms=args.slo_max_wait_ms or 10 * settings.max_batch_wait_ms,
+        latency_target_ms=args.latency_target_ms or 100.0,
+        samples=args.goodput_samples or (40 if quick else 1000),
+        max_events=60 if quick else 3000,
+        warm_up_s=0.3 if quick else 2.0,
+        burst_mean_pct=args.burst_mean_pct,
+        burst_on_s=0.2 if quick else 1.0,
+    )
+
+
+def poisson_trace(rate: float, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Arrival offsets (s, first at 0) of `count` events of a Poisson process at `rate` per second."""
+    gaps = rng.exponential(1.0 / rate, count)
+    return np.cumsum(gaps) - gaps[0]
+
+
+def bursty_trace(mean_rate: float, count: int, on_s: float, rng: np.random.Generator) -> np.ndarray:
+    """On/off arrivals: Poisson at BURST_PEAK x `mean_rate` for `on_s`, then silence, so the mean is `mean_rate`."""
+    period = on_s * BURST_PEAK
+    on_time = poisson_trace(mean_rate * BURST_PEAK, count, rng)  # time spent inside bursts
+    return np.floor(on_time / on_s) * period + np.mod(on_time, on_s)
+
+
+def traces(plan: GoodputPlan, max_rate: float) -> dict[str, tuple[float, np.ndarray]]:
+    """Every trace by name → (mean offered rate, arrival offsets); one seed, so every policy sees the same."""
+    rng = np.random.default_rng(plan.seed)
+    out = {f"poisson{pct}": (max_rate * pct / 100.0, poisson_trace(max_rate * pct / 100.0, plan.samples, rng))
+           for pct in POISSON_LOADS}  # fmt: skip
+    mean = max_rate * plan.burst_mean_pct / 100.0
+    out["bursty"] = (mean, bursty_trace(mean, plan.samples, plan.burst_on_s, rng))
+    return out
+
+
+@contextmanager
+def broker(kind: str, workdir: Path) -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, pid) of a broker started for the stage and stopped by PID: Apache Kafka, or Tansu."""
+    if kind == "tansu":
+        from devtools.broker import EmbeddedBroker
+
+        with EmbeddedBroker(log_path=workdir / "broker.log") as tansu:
+            yield tansu.bootstrap, tansu.pid
+        return
+    from devtools.apache_kafka import ApacheKafka, check_tools, fetch_kafka_jars
+
+    check_tools()
+    (workdir / "kafka").mkdir(parents=True, exist_ok=True)
+    kafka = ApacheKafka(fetch_kafka_jars(), workdir / "kafka")
+    kafka.start()
+    try:
+        yield kafka.bootstrap, kafka.pid
+    finally:
+        kafka.stop()
+
+
+def run_policy_stages(todo: list[str], settings: Settings, pool: list[SampleEvent], result: dict[str, Any],
+                      bar: Any, args: argparse.Namespace) -> None:  # fmt: skip
+    """goodput and/or partitions on a broker of their own (Apache Kafka unless --broker tansu)."""
+    from bench.stages import QUICK, Durations
+
+    workdir = Path(tempfile.mkdtemp(prefix="dfp-goodput-"))
+    uid = uuid.uuid4().hex[:8]
+    try:
+        with broker(args.broker, workdir) as (bootstrap, pid):
+            s = settings.model_copy(update={"bootstrap_servers": bootstrap})
+            run = KafkaRun(s, pool, QUICK if args.quick else Durations(), result, bar, args, workdir, pid, uid)
+            plan = goodput_plan(s, args)
+            if "partitions" in todo:
+                result["partitions"] = run_partitions(run, plan)
+            if "goodput" in todo:
+                result["goodput"] = run_goodput(run, plan)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _topics(run: KafkaRun, name: str, partitions: int) -> tuple[str, str, str]:
+    from devtools.broker import create_topics
+
+    topics = (f"gp-{name}-in-{run.uid}", f"gp-{name}-out-{run.uid}", f"gp-{name}-dlq-{run.uid}")
+    create_topics(run.s.bootstrap_servers, [topics[0]], partitions=partitions)
+    create_topics(run.s.bootstrap_servers, list(topics[1:]), partitions=run.args.partitions)
+    return topics
+
+
+def saturated_rate(run: KafkaRun, name: str, partitions: int, events: int, env: dict[str, str]) -> float:
+    """Events/s of the processor draining a backlog of `events` (first poll to last output)."""
+    topics = _topics(run, name, partitions)
+    run.backlog(topics[0], events, f"{name}")
+    with run.processor(topics, name, env) as running:
+        outputs = wait_for_outputs(running.collector, f"{name}-", events, running.proc, max(180.0, events / 5.0))
+    return round(e2e_run(outputs).images_per_s, 2)
+
+
+def run_partitions(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
+    """Saturated rate with the input on 1 vs 6 partitions; the same processor settings and backlog."""
+    rates = {}
+    for count in PARTITION_COUNTS:
+        run.bar.set_description(f"partitions: {count}")
+        rates[str(count)] = saturated_rate(run, f"part{count}", count, plan.max_events, {})
+        run.bar.write(f"partitions {count}: {rates[str(count)]} events/s")
+    ratio = round(rates["1"] / rates["6"], 3) if rates["6"] else None
+    run.bar.update(1)
+    return {"events": plan.max_events, "images_per_s": rates, "ratio_1_over_6": ratio, "target": 0.9,
+            "met": None if ratio is None else ratio >= 0.9,
+            "settings": {"max_batch_size": run.s.max_batch_size, "max_batch_wait_ms": run.s.max_batch_wait_ms,
+                         "batch_policy": "fixed"}}  # fmt: skip
+
+
+def _policy_env(plan: GoodputPlan, policy: str) -> dict[str, str]:
+    return {"DFP_BATCH_POLICY": policy, "DFP_MAX_BATCH_SIZE": str(plan.max_batch_size),
+            "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms),
+            "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms)}  # fmt: skip
+
+
+def run_goodput(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
+    """The saturated rate, then every trace through every policy; one row per (policy, trace)."""
+    run.bar.set_description("goodput: saturated rate")
+    max_rate = saturated_rate(run, "max", run.args.partitions, plan.max_events, _policy_env(plan, "fixed"))
+    run.bar.write(f"goodput: saturated rate {max_rate} events/s (fixed, {plan.max_batch_size} / "
+                  f"{plan.max_batch_wait_ms} ms)")  # fmt: skip
+    plan_traces = traces(plan, max_rate)
+    rows: dict[str, dict[str, Any]] = {}
+    for policy in run.args.policies or POLICIES:
+        topics = _topics(run, policy, run.args.partitions)
+        with run.processor(topics, policy, _policy_env(plan, policy)) as running:
+            warm = poisson_trace(max_rate / 2, max(10, round(max_rate / 2 * plan.warm_up_s)), np.random.default_rng(1))
+            _replay(run, running, f"{policy}-warm", warm, plan)
+            rows[policy] = {name: _trace_row(run, running, policy, name, rate, offsets, plan)
+                            for name, (rate, offsets) in plan_traces.items()}  # fmt: skip
+            rows[policy]["final"] = {k.removeprefix("deepfake_"): v for k, v in scrape_gauges(
+                running.proc, ("deepfake_batch_limit", "deepfake_batch_wait_seconds")).items()}  # fmt: skip
+        run.bar.write(
+            f"goodput {policy}: "
+            + ", ".join(
+                f"{n} {r['goodput_per_s']}/s p99 {r['p99_ms']} ms" for n, r in rows[policy].items() if n != "final"
+            )
+        )
+    run.bar.update(1)
+    return {"plan": asdict(plan), "max_images_per_s": max_rate,
+            "traces": {n: {"mean_rate_per_s": round(r, 2), "events": len(o), "seconds": round(_span(r, o), 2)}
+                       for n, (r, o) in plan_traces.items()},
+            "policies": rows}  # fmt: skip
+
+
+def _span(rate: float, offsets: np.ndarray) -> float:
+    return float(offsets[-1]) + 1.0 / rate
+
+
+def _replay(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray, plan: GoodputPlan) -> dict[str, Any]:
+    from devtools.produce import send_trace
+
+    sent = send_trace(run.producer, running.topic, relabelled(run.pool, len(offsets), prefix), offsets.tolist())
+    timeout = max(120.0, 4 * float(offsets[-1]) + 60.0)
+    outputs = wait_for_outputs(running.collector, prefix + "-", len(offsets), running.proc, timeout)
+    return {"sent": sent, "outputs": outputs}
+
+
+def _batch_totals(running: Running) -> tuple[float, float]:
+    samples = {s.name: float(s.value) for s in metric_samples(running.proc)
+               if s.name in ("deepfake_batch_size_sum", "deepfake_batch_size_count")}  # fmt: skip
+    return samples.get("deepfake_batch_size_sum", 0.0), samples.get("deepfake_batch_size_count", 0.0)
+
+
+def _trace_row(run: KafkaRun, running: Running, policy: str, name: str, rate: float, offsets: np.ndarray,
+               plan: GoodputPlan) -> dict[str, Any]:  # fmt: skip
+    run.bar.set_description(f"goodput {policy}: {name} ({rate:.0f}/s)")
+    rows_before, batches_before = _batch_totals(running)
+    replay = _replay(run, running, f"{policy}-{name}", offsets, plan)
+    rows_after, batches_after = _batch_totals(running)
+    outputs = replay["outputs"]
+    scored = [o for o in outputs if not o.dead_letter]
+    stamps = input_timestamps(run.s.bootstrap_servers, running.topic, run.args.partitions,
+                              {(o.partition, o.offset) for o in scored})  # fmt: skip
+    latencies = [float(o.timestamp_ms - stamps[(o.partition, o.offset)]) for o in scored
+                 if (o.partition, o.offset) in stamps]  # fmt: skip
+    within = sum(1 for ms in latencies if ms <= plan.latency_target_ms)
+    seconds = _span(rate, offsets)
+    batches = batches_after - batches_before
+    return {"offered_per_s": round(len(offsets) / seconds, 2), "events": len(latencies),
+            "dead_letters": len(outputs) - len(scored), "within_slo": within,
+            "goodput_per_s": round(within / seconds, 2), "within_fraction": round(within / max(1, len(offsets)), 4),
+            **latency_percentiles(latencies or [0.0]), "max_ms": round(max(latencies or [0.0]), 2),
+            "mean_batch_size": round((rows_after - rows_before) / batches, 2) if batches else None,
+            "producer_late_p99_ms": replay["sent"]["late_p99_ms"]}  # fmt: skip

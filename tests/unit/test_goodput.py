@@ -1,0 +1,95 @@
+"""The goodput stage (bench.goodput): seeded traces every policy shares, its JSON shape and its report.
+
+Smoke runs only: no wall-clock figure is asserted beyond "measured and positive".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.goodput import GoodputPlan, bursty_trace, poisson_trace, traces
+from bench.goodput_report import goodput_tables, partitions_lines
+from processor.cli import main
+
+PLAN = GoodputPlan(max_batch_size=64, max_batch_wait_ms=50.0, latency_target_ms=100.0, samples=2000,
+                   max_events=100, warm_up_s=1.0, burst_mean_pct=40.0, burst_on_s=1.0)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_dfp_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("DFP_"):
+            monkeypatch.delenv(name)
+
+
+def test_every_policy_replays_the_same_arrivals_from_one_seed() -> None:
+    first, second = traces(PLAN, 200.0), traces(PLAN, 200.0)
+    assert list(first) == ["poisson25", "poisson50", "poisson75", "poisson90", "bursty"]
+    for name, (rate, offsets) in first.items():
+        assert rate == second[name][0] and np.array_equal(offsets, second[name][1])
+        assert len(offsets) == PLAN.samples and offsets[0] == 0.0 and (np.diff(offsets) >= 0).all()
+
+
+def test_poisson_trace_runs_at_its_rate() -> None:
+    offsets = poisson_trace(100.0, 5000, np.random.default_rng(0))
+    assert 5000 / offsets[-1] == pytest.approx(100.0, rel=0.05)
+
+
+def test_bursty_trace_has_three_times_its_mean_inside_bursts_and_silence_between() -> None:
+    offsets = bursty_trace(50.0, 6000, on_s=1.0, rng=np.random.default_rng(0))
+    assert len(offsets) / offsets[-1] == pytest.approx(50.0, rel=0.05)
+    phase = np.mod(offsets, 3.0)
+    assert (phase < 1.0).all()  # nothing arrives in the 2 s off part of each 3 s period
+    per_burst = np.bincount((offsets // 3.0).astype(int))[:-1]
+    assert per_burst.mean() == pytest.approx(150.0, rel=0.05)  # 3 x 50/s for 1 s
+
+
+def _row(goodput: float, p99: float) -> dict[str, Any]:
+    return {"goodput_per_s": goodput, "within_fraction": 0.5, "p50_ms": 10.0, "p99_ms": p99, "events": 1000,
+            "mean_batch_size": 4.0}  # fmt: skip
+
+
+def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json() -> None:
+    result = {"goodput": {"plan": {"max_batch_size": 64, "max_batch_wait_ms": 50.0, "latency_target_ms": 100.0,
+                                   "max_events": 3000},
+                          "max_images_per_s": 200.0,
+                          "traces": {"poisson90": {"mean_rate_per_s": 180.0}, "bursty": {"mean_rate_per_s": 80.0}},
+                          "policies": {"fixed": {"poisson90": _row(60.0, 900.0), "bursty": _row(70.0, 300.0)},
+                                       "slo": {"poisson90": _row(170.0, 95.0), "bursty": _row(78.0, 90.0)}}},
+              "partitions": {"events": 3000, "images_per_s": {"1": 190.0, "6": 200.0}, "ratio_1_over_6": 0.95,
+                             "met": True, "settings": {"max_batch_size": 32, "max_batch_wait_ms": 5.0}}}  # fmt: skip
+    table = "\n".join(goodput_tables(result, "docs/bench/goodput.json"))
+    assert "| trace (mean offered rate) | fixed | **slo (ours)** |" in table
+    assert "| Poisson 90 % (180.0/s) | 60.0/s (50 %) | 170.0/s (50 %) |" in table
+    assert "| bursty, mean 40 %, 3x peaks (80.0/s) | 10 / 300 (b=4.00) | 10 / 90 (b=4.00) |" in table
+    assert "`docs/bench/goodput.json`" in table and "Samples per cell: 1000 events" in table
+    assert "ratio **0.950** (target ≥ 0.9: met)" in partitions_lines(result)[0]
+
+
+@pytest.mark.slow
+def test_quick_goodput_and_partitions_on_the_embedded_broker_write_the_json_shape(tmp_path: Path) -> None:
+    out, md = tmp_path / "goodput.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nBy hand.\n")
+    code = main(["bench", "--quick", "--no-progress", "--stages", "goodput,partitions", "--broker", "tansu",
+                 "--policies", "slo", "--partitions", "1", "--json", str(out), "--markdown", str(md),
+                 "--plot-dir", str(tmp_path / "img")])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    goodput = result["goodput"]
+    assert goodput["max_images_per_s"] > 0 and set(goodput["policies"]) == {"slo"}
+    rows = goodput["policies"]["slo"]
+    assert set(rows) == {"poisson25", "poisson50", "poisson75", "poisson90", "bursty", "final"}
+    for name in goodput["traces"]:
+        row = rows[name]
+        assert row["events"] == goodput["plan"]["samples"] and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert 0 <= row["within_slo"] <= row["events"] and row["goodput_per_s"] >= 0
+    assert result["partitions"]["images_per_s"]["1"] > 0 and result["partitions"]["ratio_1_over_6"] > 0
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nBy hand.") and "bench:goodput-vit-tiny:begin" in text
+    assert (tmp_path / "img" / "goodput-vit-tiny.png").stat().st_size > 0
