@@ -155,12 +155,19 @@ def native_output_captured() -> Iterator[list[NativeLine]]:
         _flush_python_streams()
         saved = {fd: os.dup(fd) for fd in (1, 2)}
         sinks = {1: out, 2: err}
+        python_streams = sys.stdout, sys.stderr
         try:
             for fd, sink in sinks.items():
                 os.dup2(sink.fileno(), fd)
+            # Python-level prints (onnxruntime.preload_dlls) too, even where sys.stdout is not fd 1 (a test runner).
+            sys.stdout, sys.stderr = (open(fd, "w", closefd=False, encoding="utf-8") for fd in (1, 2))  # noqa: SIM115
             yield lines
         finally:
-            _flush_python_streams()  # Python-level prints (onnxruntime.preload_dlls) sit in sys.stdout's buffer
+            for stream in (sys.stdout, sys.stderr):
+                if stream not in python_streams:
+                    stream.close()  # flushes; closefd=False leaves fds 1 and 2 open
+            sys.stdout, sys.stderr = python_streams
+            _flush_python_streams()
             for fd, sink in sinks.items():
                 os.dup2(saved[fd], fd)
                 os.close(saved[fd])
