@@ -24,7 +24,6 @@ from processor.engine import Engine
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ConfigError, ProcessorError, Unrecoverable
 from processor.fetch import UrlFetcher
-from processor.http.api import ApiLimits, DetectApi
 from processor.http.server import HttpServer
 from processor.inflight import InFlight
 from processor.outcomes import Decided, Outcomes
@@ -68,11 +67,8 @@ class Processor:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = Health()
-        self.http = HttpServer(settings.http_host, settings.http_port, self.health, self.metrics)
-        if settings.http_api:  # routed from the start, so /detect answers 503 (not 404) while the model loads
-            self.http.api = DetectApi(self.submit_sync, self.health, ApiLimits.from_settings(settings), self.metrics)
-        if settings.admin_api:
-            self.http.reload = self.reload
+        # /detect is routed from the start, so it answers 503 (not 404) while the model loads.
+        self.http = HttpServer.from_settings(settings, self.health, self.metrics, self.submit_detect, self.reload)
         self.gpu: GpuMonitor | None = None
         self.engine: Engine | None = None
         self.loop: StreamLoop | None = None
@@ -135,7 +131,7 @@ class Processor:
         )
         self.scorer.start()
 
-    def submit_sync(self, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Future[InFlight]:
+    def submit_detect(self, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Future[InFlight]:
         """Score one image outside Kafka (the /detect API); the future resolves to the finished InFlight."""
         if self.decode is None or not self.health.warmed_up:
             raise RuntimeError("not ready")

@@ -8,7 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from processor.errors import ConfigError
@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     http_api: bool = Field(True, description="Serve POST /detect and /detect/batch")
     detect_max_batch: int = Field(32, ge=1, le=1024, description="Most images in one POST /detect/batch")
     detect_timeout_s: float = Field(30.0, gt=0, description="Longest a /detect request waits for its result")
+    detect_max_concurrent: int = Field(
+        64, ge=1, le=10_000, description="/detect requests scored at once (slot taken once the body is in); 503 beyond"
+    )
+    detect_body_timeout_s: float = Field(60.0, gt=0, description="Longest a /detect body may take to arrive; 408 after")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token that /detect* and /admin/* require; probes and /metrics stay open"
+    )
+    api_token_file: Path | None = Field(None, description="File holding the API token (read at start), instead of it")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: LogFormat = Field(LogFormat.JSON, description="json or text")
     admin_api: bool = Field(False, description="Serve POST /admin/reload (hot model swap); SIGHUP always works")

@@ -1,4 +1,4 @@
-"""Synchronous scoring API: POST /detect and /detect/batch, fed into the same decode pool, batcher and session as Kafka.
+"""POST /detect and /detect/batch: request bodies into the same decode pool, batcher and session as Kafka events.
 
 Every image is scored (or refused) exactly like a Kafka event: the same envelope rules, limits and error codes,
 so a request that fails here with `image_decode_failed` would have been dead-lettered with that code.
@@ -6,39 +6,38 @@ so a request that fails here with `image_decode_failed` would have been dead-let
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-import logging
-import threading
-import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from email.message import Message
-from io import BufferedIOBase
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers as StarletteHeaders
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES, looks_like_json
 from processor.errors import InvalidJson, InvalidSchema, MissingImage, ProcessorError
-from processor.http.multipart import Part, parse_form
 from processor.inflight import Headers, InFlight
 from processor.outcomes import result_fields
-from processor.settings import Settings
 from schemas.api import DetectResult, ErrorDetail, ErrorResponse
 
 if TYPE_CHECKING:
+    from processor.settings import Settings
     from processor.telemetry.health import Health
     from processor.telemetry.metrics import Metrics
 
-log = logging.getLogger(__name__)
-
 DetectFn = Callable[[bytes, Headers | None], "Future[InFlight]"]
-ROUTES = ("/detect", "/detect/batch")
 JSON_HEADERS: Headers = [("content-type", b"application/json")]
-# Concurrent requests held at once; each may hold a body of up to the request limit in memory.
-MAX_CONCURRENT_REQUESTS = 64
+# A refused body of at most this many bytes is read and dropped by uvicorn after the reply, so the client sees
+# the reply instead of a reset and keeps its connection; anything bigger (or chunked) gets `Connection: close`.
+DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
 
 # The DLQ code of a refused image → the HTTP status /detect answers with. Client input never maps to 5xx;
 # inference_failed means the model itself raised or returned NaN on a decodable image.
@@ -56,104 +55,172 @@ STATUS_BY_CODE: dict[str, int] = {
 }
 
 
-class ApiError(Exception):
-    """A request-level refusal: HTTP status plus the `{"error": {...}}` body. `unread` = the body was not read."""
-
-    def __init__(self, status: int, code: str, message: str, *, unread: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.unread = status, code, message, unread
-
-
-@dataclass(slots=True)
-class Reply:
-    """What the HTTP handler sends. `close` asks it to drop the connection (a request body was left unread)."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    close: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class ApiLimits:
+    """Per-request bounds of the /detect API.
+
+    Attributes:
+        max_body_bytes: Largest request body, enforced while it is read (413 beyond).
+        max_batch: Most images in one /detect/batch request.
+        timeout_s: Longest a request waits for its results once submitted (503 `timeout` after).
+        max_concurrent: Requests scored at once; a slot is taken only once the body is fully in.
+        body_timeout_s: Longest the whole body may take to arrive (408 after), so slow senders cannot hold a slot.
+    """
+
     max_body_bytes: int
     max_batch: int
     timeout_s: float
+    max_concurrent: int = 64
+    body_timeout_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiLimits:
-        # The same ceiling as a Kafka JSON envelope: base64 is 4/3 of the image, plus room for ids and faces.
-        body = int(settings.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES
-        return cls(max_body_bytes=body, max_batch=settings.detect_max_batch, timeout_s=settings.detect_timeout_s)
+        """The limits the settings imply; the body ceiling is that of a Kafka JSON envelope.
+
+        Args:
+            settings: The validated service settings.
+
+        Returns:
+            The limits for the /detect routes.
+        """
+        body = int(settings.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES  # base64 is 4/3 of the image
+        return cls(body, settings.detect_max_batch, settings.detect_timeout_s,
+                   settings.detect_max_concurrent, settings.detect_body_timeout_s)  # fmt: skip
+
+
+class ApiError(Exception):
+    """A request-level refusal: an HTTP status and the `{"error": {...}}` body.
+
+    `unread` means the request body was not (fully) read; the reply then closes the connection unless
+    uvicorn can drain the rest cheaply (a declared length of at most DRAIN_LIMIT_BYTES).
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, unread: bool = False,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        """Keep the reply's parts; `headers` are extra response headers (a 503 always gets `Retry-After`)."""
+        super().__init__(message)
+        self.status, self.code, self.message, self.unread = status, code, message, unread
+        self.headers = dict(headers or {})
+        if status == 503:
+            self.headers.setdefault("Retry-After", "1")
+
+    def response(self, request: Request) -> JSONResponse:
+        """The JSON error reply, with `Connection: close` when an unread body must not be drained."""
+        headers = dict(self.headers)
+        declared = request.headers.get("content-length", "")
+        if self.unread and not (declared.isdigit() and int(declared) <= DRAIN_LIMIT_BYTES):
+            headers["Connection"] = "close"
+        return JSONResponse(error_body(self.code, self.message), self.status, headers)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
+    """The ErrorResponse body for one refusal."""
     return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump()
 
 
-def new_event_id() -> str:
-    return f"http-{uuid.uuid4().hex}"
+def result_body(item: InFlight) -> dict[str, Any]:
+    """A finished InFlight's reply: its DetectResult, or the ErrorResponse of its DLQ code."""
+    if item.error is not None:
+        return error_body(item.error.code, item.error.message)
+    return DetectResult(**result_fields(item)).model_dump(mode="json", exclude_none=True)
 
 
-def with_event_id(body: bytes, event_id: str) -> bytes:
-    """Give a JSON object a leading `event_id` without parsing it: json.loads keeps the last duplicate key,
-    so a client's own `event_id` wins. Saves decoding a 27 MB envelope twice; non-objects pass unchanged."""
-    stripped = body.lstrip(b" \t\r\n")
-    if not stripped.startswith(b"{"):
-        return body
-    rest = stripped[1:]
-    comma = b"" if rest.lstrip(b" \t\r\n").startswith(b"}") else b","
-    return b'{"event_id":' + json.dumps(event_id).encode() + comma + rest
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """Stream the body in, refusing it (413) once it passes `limit` and (408) once it takes over `timeout_s`.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted
+    as it arrives. uvicorn (h11) has already answered 400 to a malformed or negative Content-Length.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise ApiError(400, "invalid_request", f"bad Content-Length {declared[:40]!r}", unread=True)
+    if declared is not None and int(declared) > limit:
+        raise ApiError(413, "image_too_large", f"request body is {declared} bytes; the limit is {limit}", unread=True)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "image_too_large", f"request body passed the limit of {limit} bytes",
+                                   unread=True)  # fmt: skip
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body took over {timeout_s} s to arrive", unread=True,
+                       headers={"Connection": "close"}) from None  # fmt: skip
+    except ClientDisconnect:
+        raise ApiError(400, "invalid_request", "the client went away before the body was in", unread=True) from None
+    return b"".join(chunks)
 
 
 class DetectApi:
-    """Turns request bodies into `submit_sync` calls and finished InFlights into replies. Thread-safe."""
+    """The /detect endpoints: request bodies into `detect` calls, finished InFlights into replies.
+
+    Runs on the server's event loop; the pipeline's futures are awaited, never blocked on.
+    """
 
     def __init__(self, detect: DetectFn, health: Health, limits: ApiLimits, metrics: Metrics | None = None) -> None:
+        """Serve `detect` (Processor.submit_detect) once `health` says the model is warm."""
         self.detect = detect
         self.health = health
         self.limits = limits
         self.metrics = metrics
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+        self.busy = 0  # requests holding a slot; only the event loop thread touches it
 
-    def handle(self, path: str, headers: Message, rfile: BufferedIOBase) -> Reply:
-        """One POST to a /detect route. Never raises: every failure becomes a JSON error reply."""
-        reply = self._handle(path, headers, rfile)
-        if self.metrics is not None:
-            self.metrics.api_requests.labels(route=path, status=str(reply.status)).inc()
-        return reply
+    async def single(self, request: Request) -> JSONResponse:
+        """POST /detect: one image as raw bytes, a multipart `image` file, or a JSON envelope."""
+        return await self._serve(request, batch=False)
 
-    def _handle(self, path: str, headers: Message, rfile: BufferedIOBase) -> Reply:
-        if self.health.fatal or self.health.stopping or not self.health.warmed_up:
-            return _error_reply(ApiError(503, "not_ready", "the model is not loaded and warm yet", unread=True))
-        if not self._slots.acquire(blocking=False):
-            return _error_reply(ApiError(503, "overloaded", "too many concurrent /detect requests", unread=True))
+    async def batch(self, request: Request) -> JSONResponse:
+        """POST /detect/batch: JSON `{"images": [...]}` or multipart `images` files; one entry per item."""
+        return await self._serve(request, batch=True)
+
+    async def _serve(self, request: Request, batch: bool) -> JSONResponse:
+        route = request.url.path
         try:
-            body = read_body(headers, rfile, self.limits.max_body_bytes)
-            if path == "/detect":
-                return self._single(headers, body)
-            return self._batch(headers, body)
+            response = await self._handle(request, batch)
         except ApiError as exc:
-            return _error_reply(exc)
+            response = exc.response(request)
         except ProcessorError as exc:
-            return Reply(STATUS_BY_CODE.get(exc.code, 400), error_body(exc.code, exc.message))
+            response = JSONResponse(error_body(exc.code, exc.message), STATUS_BY_CODE.get(exc.code, 400))
+        if self.metrics is not None:
+            self.metrics.api_requests.labels(route=route, status=str(response.status_code)).inc()
+        return response
+
+    async def _handle(self, request: Request, batch: bool) -> JSONResponse:
+        health = self.health
+        if health.fatal or health.stopping or not health.warmed_up:
+            raise ApiError(503, "not_ready", "the model is not loaded and warm yet", unread=True)
+        body = await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
+        if self.busy >= self.limits.max_concurrent:
+            raise ApiError(503, "overloaded", f"more than {self.limits.max_concurrent} concurrent /detect requests")
+        self.busy += 1
+        try:
+            content_type = request.headers.get("content-type", "")
+            if batch:
+                events = await batch_events(content_type, body, self.limits.max_batch)
+            else:
+                events = [await single_event(content_type, body)]
+            bodies = [result_body(item) for item in await self._results(events)]
         finally:
-            self._slots.release()
+            self.busy -= 1
+        self._count(request.url.path, bodies)
+        if batch:
+            return JSONResponse({"results": bodies})
+        status = STATUS_BY_CODE.get(bodies[0]["error"]["code"], 400) if "error" in bodies[0] else 200
+        return JSONResponse(bodies[0], status)
 
-    def _single(self, headers: Message, body: bytes) -> Reply:
-        value, item_headers = single_event(headers, body, self.limits.max_batch)
-        item = self._wait([self._submit(value, item_headers)])[0]
-        reply_body = error_body(item.error.code, item.error.message) if item.error else result_body(item)
-        self._count("/detect", [reply_body])
-        status = STATUS_BY_CODE.get(item.error.code, 400) if item.error else 200
-        return Reply(status, reply_body)
-
-    def _batch(self, headers: Message, body: bytes) -> Reply:
-        events = batch_events(headers, body, self.limits.max_batch)
-        items = self._wait([self._submit(value, item_headers) for value, item_headers in events])
-        results = [error_body(i.error.code, i.error.message) if i.error else result_body(i) for i in items]
-        self._count("/detect/batch", results)
-        return Reply(200, {"results": results})
+    async def _results(self, events: list[tuple[bytes, Headers]]) -> list[InFlight]:
+        try:
+            futures = [self.detect(value, headers) for value, headers in events]
+        except RuntimeError as exc:  # not built yet, or the decode pool is shut down for draining
+            raise ApiError(503, "not_ready", f"not accepting images: {exc}") from None
+        # asyncio.wait never cancels on timeout: the pipeline owns these futures and finishes every one.
+        _, pending = await asyncio.wait([asyncio.wrap_future(f) for f in futures], timeout=self.limits.timeout_s)
+        if pending:
+            raise ApiError(503, "timeout", f"no result within DETECT_TIMEOUT_S={self.limits.timeout_s}")
+        return [f.result() for f in futures]
 
     def _count(self, route: str, bodies: list[dict[str, Any]]) -> None:
         """One count per image answered: its result label, or its error code."""
@@ -163,76 +230,54 @@ class DetectApi:
             outcome = body["error"]["code"] if "error" in body else body["label"]
             self.metrics.api_images.labels(route=route, outcome=outcome).inc()
 
-    def _submit(self, value: bytes, headers: Headers) -> Future[InFlight]:
-        try:
-            return self.detect(value, headers)
-        except RuntimeError as exc:  # not built yet, or the decode pool is shut down for draining
-            raise ApiError(503, "not_ready", f"not accepting images: {exc}") from None
 
-    def _wait(self, futures: list[Future[InFlight]]) -> list[InFlight]:
-        deadline = time.monotonic() + self.limits.timeout_s
-        try:
-            return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
-        except FutureTimeout:
-            raise ApiError(503, "timeout", f"no result within DETECT_TIMEOUT_S={self.limits.timeout_s}") from None
+def new_event_id() -> str:
+    """A fresh event id for an image that came without one."""
+    return f"http-{uuid.uuid4().hex}"
 
 
-def _error_reply(exc: ApiError) -> Reply:
-    extra = {"Retry-After": "1"} if exc.status == 503 else {}
-    return Reply(exc.status, error_body(exc.code, exc.message), headers=extra, close=exc.unread)
+def with_event_id(body: bytes, event_id: str) -> bytes:
+    """Give a JSON object a leading `event_id` without parsing it.
+
+    json.loads keeps the last duplicate key, so a client's own `event_id` wins; this saves decoding a
+    27 MB envelope twice. Non-objects pass unchanged.
+    """
+    stripped = body.lstrip(b" \t\r\n")
+    if not stripped.startswith(b"{"):
+        return body
+    rest = stripped[1:]
+    comma = b"" if rest.lstrip(b" \t\r\n").startswith(b"}") else b","
+    return b'{"event_id":' + json.dumps(event_id).encode() + comma + rest
 
 
-def result_body(item: InFlight) -> dict[str, Any]:
-    return DetectResult(**result_fields(item)).model_dump(mode="json", exclude_none=True)
-
-
-def read_body(headers: Message, rfile: BufferedIOBase, limit: int) -> bytes:
-    """The request body, refused (413) from Content-Length alone when it is over the limit."""
-    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
-        raise ApiError(411, "length_required", "send a Content-Length (chunked bodies are not accepted)", unread=True)
-    raw = headers.get("Content-Length")
-    try:
-        length = int(raw) if raw is not None else 0
-    except ValueError:
-        length = -1
-    if length < 0:
-        raise ApiError(400, "invalid_request", f"bad Content-Length {raw!r}", unread=True)
-    if length > limit:
-        raise ApiError(413, "image_too_large", f"request body is {length} bytes; the limit is {limit}", unread=True)
-    body = rfile.read(length) if length else b""
-    if len(body) != length:
-        raise ApiError(400, "invalid_request", f"body ended after {len(body)} of {length} bytes", unread=True)
-    return body
-
-
-def _kind(headers: Message, body: bytes) -> str:
-    content_type = headers.get_content_type() if headers.get("Content-Type") else ""
-    if content_type == "multipart/form-data":
+def _kind(content_type: str, body: bytes) -> str:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
         return "multipart"
-    if content_type.endswith(("/json", "+json")) or looks_like_json(body, None):
+    if media.endswith(("/json", "+json")) or looks_like_json(body, None):
         return "json"
     return "raw"
 
 
-def single_event(headers: Message, body: bytes, max_parts: int) -> tuple[bytes, Headers]:
+async def single_event(content_type: str, body: bytes) -> tuple[bytes, Headers]:
     """One /detect body → the Kafka-shaped value and headers the decode stage takes."""
-    kind = _kind(headers, body)
+    kind = _kind(content_type, body)
     if kind == "json":
         return with_event_id(body, new_event_id()), JSON_HEADERS
     if kind == "multipart":
-        return form_event(parse_form(body, _boundary(headers), max_parts + 8))
+        return form_event(await form_fields(content_type, body, max_parts=16))
     return body, [("event_id", new_event_id().encode())]
 
 
-def batch_events(headers: Message, body: bytes, max_batch: int) -> list[tuple[bytes, Headers]]:
+async def batch_events(content_type: str, body: bytes, max_batch: int) -> list[tuple[bytes, Headers]]:
     """A /detect/batch body → one Kafka-shaped event per item, in order."""
-    kind = _kind(headers, body)
+    kind = _kind(content_type, body)
     if kind == "multipart":
-        parts = parse_form(body, _boundary(headers), max_batch + 8)
-        files = [p.data for p in parts if p.name in ("images", "image")]
+        fields = await form_fields(content_type, body, max_parts=max_batch + 8)
+        files = [data for name, data in fields if name in ("images", "image")]
         events = [(data, [("event_id", new_event_id().encode())]) for data in files]
     elif kind == "json":
-        events = [(json.dumps(_with_id(item)).encode(), JSON_HEADERS) for item in _batch_items(body)]
+        events = await run_in_threadpool(_json_batch, body)  # a big body would stall every other request
     else:
         raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
     if not events:
@@ -242,15 +287,14 @@ def batch_events(headers: Message, body: bytes, max_batch: int) -> list[tuple[by
     return events
 
 
-def _batch_items(body: bytes) -> list[Any]:
+def _json_batch(body: bytes) -> list[tuple[bytes, Headers]]:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidJson(f"body is not valid UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InvalidSchema('the body must be an object {"images": [...]}')
-    items: list[Any] = data["images"]
-    return items
+    return [(json.dumps(_with_id(item)).encode(), JSON_HEADERS) for item in data["images"]]
 
 
 def _with_id(item: Any) -> Any:
@@ -259,35 +303,53 @@ def _with_id(item: Any) -> Any:
     return item
 
 
-def _boundary(headers: Message) -> str:
-    boundary = headers.get_param("boundary")
-    return boundary if isinstance(boundary, str) else ""
+async def form_fields(content_type: str, body: bytes, max_parts: int) -> list[tuple[str, bytes]]:
+    """A multipart/form-data body (RFC 7578) → (name, bytes) per field, files and text alike.
+
+    Starlette's parser (python-multipart underneath) reads the body already held in memory; anything it
+    refuses is `invalid_schema`, the DLQ code for a malformed envelope.
+    """
+
+    async def once() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        StarletteHeaders({"content-type": content_type}),
+        once(),
+        max_files=max_parts,
+        max_fields=max_parts,
+        max_part_size=ENVELOPE_ALLOWANCE_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidSchema(f"multipart body: {exc.message}") from None
+    try:
+        return [
+            (name, await value.read() if isinstance(value, UploadFile) else value.encode())
+            for name, value in form.multi_items()
+        ]
+    finally:
+        await form.close()
 
 
-def form_event(parts: list[Part]) -> tuple[bytes, Headers]:
+def form_event(fields: list[tuple[str, bytes]]) -> tuple[bytes, Headers]:
     """/detect form fields → an event: raw image bytes, or a JSON envelope when faces/ids/metadata come along."""
-    fields = {p.name: p.data for p in parts}
-    image = fields.pop("image", None)
+    named = dict(fields)
+    image = named.pop("image", None)
     if image is None:
         raise MissingImage('multipart body has no "image" file field')
     event: dict[str, Any] = {"event_id": new_event_id()}
     for name in ("event_id", "post_id", "user_id"):
-        if name in fields:
-            event[name] = _text(name, fields[name])
+        if name in named:
+            event[name] = named[name].decode("utf-8", "replace")
     for name in ("faces", "metadata"):
-        if name in fields:
-            event[name] = _json_field(name, fields[name])
+        if name in named:
+            event[name] = _json_field(name, named[name])
     if len(event) == 1:
         return image, [("event_id", event["event_id"].encode())]
     event["image_b64"] = base64.b64encode(image).decode("ascii")
     return json.dumps(event).encode(), JSON_HEADERS
-
-
-def _text(name: str, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidSchema(f"form field {name} is not UTF-8 text") from None
 
 
 def _json_field(name: str, data: bytes) -> Any:

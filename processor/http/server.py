@@ -1,156 +1,102 @@
-"""HTTP surface on HTTP_PORT: /health, /healthz, /readyz, /metrics, /openapi.json, /detect — off the Kafka thread."""
+"""uvicorn serving the HTTP app in a named daemon thread, off the Kafka thread; the main thread keeps the signals."""
 
 from __future__ import annotations
 
-import json
 import logging
+import socket
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import uvicorn
+from starlette.types import ASGIApp
 
-from processor.http.api import ROUTES, DetectApi
-from processor.http.openapi import openapi_document
+from processor.errors import ConfigError
+from processor.http.api import ApiLimits, DetectApi, DetectFn
+from processor.http.routes import Reloader, build_app
+from processor.settings import Settings
 from processor.telemetry.health import Health
 from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Reloader = Callable[[Path | None, str | None], dict[str, Any]]
-_ADMIN_BODY_LIMIT = 64 * 1024
-# After refusing a body unread, read (and drop) this much of it, so the client sees the reply instead of a reset.
-_DISCARD_BYTES = 4 * 1024 * 1024
+# An idle keep-alive connection is closed after this long; requests in between are served as usual.
+KEEP_ALIVE_S = 5
+# Request line plus headers bigger than this is a 400 (h11 would otherwise buffer up to its 16 KiB default anyway).
+MAX_HEADER_BYTES = 16 * 1024
+_STOP_S = 5.0
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: HttpServer
+def bearer_token(settings: Settings) -> bytes | None:
+    """DFP_API_TOKEN, or the first line of DFP_API_TOKEN_FILE read now; None when neither is set.
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        health = self.server.health
-        if path == "/health":
-            self._json(200, health.document())
-        elif path == "/healthz":
-            self._json(200, {"status": "alive"})
-        elif path == "/readyz":
-            self._json(200 if health.ready else 503, {"ready": health.ready, "status": health.status()})
-        elif path == "/metrics":
-            self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
-        elif path == "/openapi.json":
-            api = self.server.api
-            self._json(200, openapi_document(api.limits.max_batch if api else None))
-        elif path in _detect_routes(self.server):
-            self._json(405, _error("method_not_allowed", f"{path} takes POST"), {"Allow": "POST"})
-        else:
-            self._json(404, _error("not_found", f"no route {path}"))
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/admin/reload" and self.server.reload is not None:
-            self._admin_reload(self.server.reload)
-            return
-        api = self.server.api
-        if api is None or path not in _detect_routes(self.server):
-            self._refuse_unread(404, _error("not_found", f"no route POST {path}"))
-            return
-        reply = api.handle(path, self.headers, self.rfile)
-        if reply.close:
-            self._refuse_unread(reply.status, reply.body, reply.headers)
-        else:
-            self._json(reply.status, reply.body, reply.headers)
-
-    def _admin_reload(self, reload: Reloader) -> None:
-        """Hot swap (DFP_ADMIN_API=true): optional JSON {"model_dir": ..., "variant": ...}; 409 when refused."""
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _ADMIN_BODY_LIMIT:
-            self._refuse_unread(413, _error("invalid_request", "reload body too large"))
-            return
+    Raises:
+        ConfigError: Both are set, the file cannot be read, or the token is empty.
+    """
+    if settings.api_token is not None and settings.api_token_file is not None:
+        raise ConfigError("set DFP_API_TOKEN or DFP_API_TOKEN_FILE, not both")
+    if settings.api_token is not None:
+        token = settings.api_token.get_secret_value().strip()
+    elif settings.api_token_file is not None:
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-            model_dir = Path(body["model_dir"]) if body.get("model_dir") else None
-            variant = str(body["variant"]) if body.get("variant") else None
-        except (ValueError, TypeError) as exc:
-            self._json(400, _error("invalid_request", f"reload body: {exc}"))
-            return
-        outcome = reload(model_dir, variant)
-        self._json(200 if outcome.get("swapped") else 409, outcome)
-
-    def _not_allowed(self) -> None:
-        """Other methods get a JSON 405, not the stdlib's HTML 501 (a 5xx that a client's mistake must not cause)."""
-        allow = "POST" if self.path.split("?", 1)[0] in _detect_routes(self.server) else "GET"
-        self._refuse_unread(405, _error("method_not_allowed", f"{self.command} is not served"), {"Allow": allow})
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed
-
-    def _refuse_unread(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self.close_connection = True
-        self._json(status, body, headers)
-        self._discard_body()
-
-    def _discard_body(self) -> None:
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-        declared = self.headers.get("Content-Length") or "0"
-        left = _DISCARD_BYTES if chunked else min(_DISCARD_BYTES, int(declared) if declared.isdigit() else 0)
-        try:
-            self.connection.settimeout(1.0)
-            while left > 0 and (chunk := self.rfile.read1(min(left, 65536))):
-                left -= len(chunk)
-        except OSError:
-            pass  # the client gave up or stalled: closing is all that is left to do
-
-    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json", headers)
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http " + format, *args)
+            token = settings.api_token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"DFP_API_TOKEN_FILE cannot be read: {exc}") from None
+    else:
+        return None
+    if not token:
+        raise ConfigError("DFP_API_TOKEN / DFP_API_TOKEN_FILE holds an empty token")
+    return token.encode()
 
 
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+class HttpServer:
+    """The listening socket (bound at construction, so the port is known and taken early) and its uvicorn thread."""
 
+    def __init__(self, host: str, port: int, app: ASGIApp) -> None:
+        """Bind `host:port` (port 0 picks a free one) for `app`; serving starts with `start()`."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(2048)  # a burst of /detect clients must queue, not be refused
+        config = uvicorn.Config(
+            app, http="h11", loop="asyncio", ws="none", lifespan="off", log_config=None, log_level="warning",
+            access_log=False, proxy_headers=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=int(_STOP_S),
+        )  # fmt: skip
+        # Not in the main thread, so uvicorn installs no signal handlers: SIGTERM stays the processor's.
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, args=([self._socket],), name="http", daemon=True)
 
-def _detect_routes(server: HttpServer) -> tuple[str, ...]:
-    return ROUTES if server.api is not None else ()
-
-
-class HttpServer(ThreadingHTTPServer):
-    """stdlib threading server in a daemon thread: a slow scrape never blocks the Kafka loop."""
-
-    daemon_threads = True
-    # socketserver's default listen backlog is 5: a burst of /detect clients would be refused or reset.
-    request_queue_size = 128
-
-    def __init__(self, host: str, port: int, health: Health, metrics: Metrics) -> None:
-        super().__init__((host, port), _Handler)
-        self.health = health
-        self.metrics = metrics
-        self.api: DetectApi | None = None  # the /detect routes; None (404) when DFP_HTTP_API=false
-        self.reload: Reloader | None = None  # POST /admin/reload; None (404) unless DFP_ADMIN_API=true
-        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+    @classmethod
+    def from_settings(cls, settings: Settings, health: Health, metrics: Metrics, detect: DetectFn,
+                      reload: Reloader) -> HttpServer:  # fmt: skip
+        """The server the settings describe: /detect when DFP_HTTP_API, /admin/reload when DFP_ADMIN_API, the token."""
+        api = DetectApi(detect, health, ApiLimits.from_settings(settings), metrics) if settings.http_api else None
+        app = build_app(health, metrics, api, reload if settings.admin_api else None, bearer_token(settings))
+        return cls(settings.http_host, settings.http_port, app)
 
     @property
     def port(self) -> int:
-        return int(self.server_address[1])
+        """The bound port (the one picked when 0 was asked for)."""
+        return int(self._socket.getsockname()[1])
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Serve in the `http` thread; return once uvicorn is up (connections made before then wait in the backlog).
+
+        Raises:
+            RuntimeError: uvicorn did not come up within `timeout_s`.
+        """
         self._thread.start()
-        log.info("http listening", extra={"host": self.server_address[0], "port": self.port})
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        log.info("http listening", extra={"host": self._socket.getsockname()[0], "port": self.port})
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        """Stop accepting, finish (or after a few seconds cancel) requests in progress, and join the thread."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(_STOP_S + 2.0)
+        self._socket.close()
