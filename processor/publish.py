@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from processor.errors import ResultTooLarge, Unrecoverable
 from processor.inflight import InFlight, Outcome
@@ -40,6 +41,8 @@ CONSUMER_ONLY_PREFIXES = (
 )
 
 
+#: Longest a size-refusal retry waits for deliveries (it runs rarely, on the loop thread).
+SIZE_RETRY_FLUSH_S = 10.0
 #: librdkafka's refusals for size: local (`produce()` raises) and the broker's (topic `max.message.bytes`).
 _SIZE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
@@ -47,6 +50,17 @@ _SIZE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_T
 def refused_for_size(err: KafkaError) -> bool:
     """Whether a produce error means "this message is too large" (retrying it unchanged can never work)."""
     return err.code() in _SIZE_CODES or err.name() == "_MSG_SIZE_TOO_LARGE"
+
+
+#: Bytes a record adds around key, value and headers in its batch (batch header, varints); generous.
+RECORD_OVERHEAD_BYTES = 512
+_TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+
+def _record_size(item: InFlight, outcome: Outcome) -> int:
+    """An upper bound of the outcome's size as the broker counts it against `max.message.bytes`."""
+    headers = sum(len(k) + len(v) for k, v in outcome.headers)
+    return len(outcome.value) + len(item.key or b"") + headers + RECORD_OVERHEAD_BYTES
 
 
 def producer_config(
@@ -107,8 +121,11 @@ class Publisher:
         self._dlq_topic = dlq_topic
         self._metrics = metrics
         self._transactional = bool(config.get("transactional.id"))
-        self._refused: list[tuple[InFlight, str]] = []  # refused for size by (topic); resent cut by `poll`
-        self._cut: set[int] = set()  # id() of events already sent cut: a second refusal is fatal
+        self._refused: list[tuple[InFlight, str]] = []  # refused for size by (topic); handled by `poll`
+        # id(event) -> size step: 1 = resent unchanged in a batch of its own, 2 = resent as the cut dead letter.
+        self._size_step: dict[int, int] = {}
+        self._config = config
+        self._limits: dict[str, int | None] = {}  # topic -> max.message.bytes (`_topic_limit`)
         self.fatal: Unrecoverable | None = None
 
     def produce(self, item: InFlight) -> None:
@@ -117,6 +134,12 @@ class Publisher:
         assert outcome is not None
         item.produced_at = time.monotonic()
         while True:
+            limit = self._topic_limit(outcome.topic)
+            if limit is not None and _record_size(item, outcome) > limit:
+                # Known in advance: cut now rather than have the broker refuse it (under exactly-once a refusal
+                # aborts the transaction, and librdkafka's sequence numbers may not survive it).
+                outcome = self._next_size_step(item, outcome.topic, _TOO_LARGE, alone=True)
+                continue
             try:
                 self.producer.produce(
                     outcome.topic,
@@ -132,14 +155,43 @@ class Publisher:
             except KafkaException as exc:
                 if not refused_for_size(exc.args[0]):
                     raise
-                outcome = self._cut_outcome(item, outcome.topic, exc.args[0])
+                # Refused on its own by our message.max.bytes: no need to try it alone first.
+                outcome = self._next_size_step(item, outcome.topic, exc.args[0], alone=True)
+
+    def _next_size_step(self, item: InFlight, topic: str, err: KafkaError, *, alone: bool = False) -> Outcome:
+        """After a size refusal: first resend unchanged in a batch of its own, then cut; a refused cut is fatal.
+
+        The broker's `max.message.bytes` limits a whole record batch, so a small result batched with a large one is
+        refused with it: only a refusal of the message alone (`alone`, or the second one) says it is too large.
+        """
+        step = max(self._size_step.get(id(item), 0) + 1, 2 if alone else 1)
+        if self._dlq_topic is None or step > 2:
+            self.fatal = self.fatal or Unrecoverable(f"{topic} refused offset {item.offset} for size, even cut: {err}")
+            raise self.fatal
+        self._size_step[id(item)] = step
+        assert item.outcome is not None
+        return item.outcome if step == 1 else self._cut_outcome(item, topic, err)
+
+    def _topic_limit(self, topic: str) -> int | None:
+        """The topic's `max.message.bytes`, read once per topic (None when it cannot be read: rely on refusals)."""
+        if topic in self._limits:
+            return self._limits[topic]
+        limit = None
+        if self._dlq_topic is not None:
+            try:
+                admin = AdminClient({k: v for k, v in self._config.items() if k != "transactional.id"})
+                futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)], request_timeout=5)
+                for future in futures.values():
+                    limit = int(future.result(timeout=5)["max.message.bytes"].value)
+            except (KafkaException, KeyError, ValueError, TimeoutError) as exc:
+                log.warning("cannot read the topic's max.message.bytes; relying on the broker's refusals",
+                            extra={"topic": topic, "error": str(exc)})  # fmt: skip
+        self._limits[topic] = limit
+        return limit
 
     def _cut_outcome(self, item: InFlight, topic: str, err: KafkaError) -> Outcome:
-        """Replace a refused outcome by the dead letter with the payload cut; a refused cut copy is fatal."""
-        if self._dlq_topic is None or id(item) in self._cut:
-            raise Unrecoverable(f"{topic} refused offset {item.offset} for size, even cut: {err}")
-        self._cut.add(id(item))
-        assert item.outcome is not None
+        """Replace a refused outcome by its dead letter with the payload cut, and count it."""
+        assert item.outcome is not None and self._dlq_topic is not None
         if item.outcome.topic != self._dlq_topic or item.error is None:
             item.error = ResultTooLarge(f"result refused by {topic} for size ({len(item.outcome.value)} bytes): {err}")
         cut = truncated_dead_letter_outcome(item, item.error, self._dlq_topic, TRUNCATED_PAYLOAD_BYTES)
@@ -161,13 +213,13 @@ class Publisher:
 
     def _delivered(self, item: InFlight, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self._cut.discard(id(item))
+            self._size_step.pop(id(item), None)
             item.acked = True
             self._on_ack(item)
             return
         topic = msg.topic() or "?"
-        if refused_for_size(err) and self._dlq_topic is not None and id(item) not in self._cut:
-            # Not acknowledged: the event's offset stays uncommitted until the cut copy is delivered (`poll`).
+        if refused_for_size(err) and self._dlq_topic is not None and self._size_step.get(id(item), 0) < 2:
+            # Not acknowledged: the event's offset stays uncommitted until a resent copy is delivered (`poll`).
             self._refused.append((item, topic))
             return
         if self._transactional:
@@ -191,29 +243,43 @@ class Publisher:
             self.fatal = Unrecoverable(f"delivery to {topic} failed for offset {item.offset}: {err}")
 
     def _resend_refused(self) -> None:
-        """Send the cut dead letters of outcomes the broker refused for size (at-least-once)."""
+        """Resend outcomes the broker refused for size (at-least-once), each alone in its batch, unchanged then cut.
+
+        Rare, so it may block: a flush first lets the refused ones' batch-mates report, and a flush after each
+        resend keeps it alone in its batch, so the broker's answer is about that message only. An event's other
+        outputs may meanwhile overtake it on other topics, but its offset (and every later one of its partition)
+        stays uncommitted until the resent copy is acknowledged.
+        """
+        self.producer.flush(SIZE_RETRY_FLUSH_S)
         while self._refused:
             item, topic = self._refused.pop(0)
             try:
-                self._cut_outcome(item, topic, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+                self._next_size_step(item, topic, _TOO_LARGE)
             except Unrecoverable as exc:
                 self.fatal = self.fatal or exc
                 return
             self.produce(item)
+            self.producer.flush(SIZE_RETRY_FLUSH_S)
 
     def produce_transaction(self, items: list[InFlight], group_metadata: Any) -> dict[tuple[str, int], int]:
         """Exactly-once: the items' outputs and their input offsets commit atomically, or nothing does.
 
         Returns the committed offsets (offset + 1 per partition). The items are released in offset order,
         so each partition's last item is its new commit point. When the broker refused some outcome for size,
-        the transaction is aborted and run once more with those outcomes cut (`_cut_outcome`).
+        the transaction is aborted and run again: those outcomes first unchanged, each alone in its batch, then cut
+        (`_next_size_step`).
         """
         offsets: dict[tuple[str, int], int] = {}
-        for attempt in range(2):
+        for _attempt in range(3):
             try:
                 self.producer.begin_transaction()
                 for item in items:
+                    alone = id(item) in self._size_step
+                    if alone:
+                        self.producer.flush(SIZE_RETRY_FLUSH_S)
                     self.produce(item)
+                    if alone:
+                        self.producer.flush(SIZE_RETRY_FLUSH_S)
                     offsets[(item.topic, item.partition)] = item.offset + 1
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata
@@ -221,20 +287,32 @@ class Publisher:
                 self.producer.commit_transaction()
                 break
             except KafkaException as exc:
-                refused, self._refused = self._refused, []
-                if attempt or not refused or not exc.args[0].txn_requires_abort():
-                    # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and
-                    # its offsets are not committed; stop and let the group redeliver rather than guess.
+                # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
+                # offsets are not committed. Only a refusal for size is retried; otherwise stop and let the group
+                # redeliver rather than guess.
+                refused = self._abort_for_size_refusals()
+                if not refused:
                     raise Unrecoverable(f"transaction failed: {exc}") from exc
-                self.producer.abort_transaction(30)
                 for item, topic in refused:
-                    self._cut_outcome(item, topic, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+                    self._next_size_step(item, topic, _TOO_LARGE)
                 for item in items:
                     item.acked = False
+        else:
+            raise Unrecoverable("transaction failed: outcomes refused for size even cut")
         self.poll(0)
         for item in items:
             item.acked = True
         return offsets
+
+    def _abort_for_size_refusals(self) -> list[tuple[InFlight, str]]:
+        """Abort the failed transaction; return its outcomes the broker refused for size (none: not retryable)."""
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException:
+            return []  # fatal (fenced, or the coordinator is gone): the caller stops
+        self.producer.poll(0)  # the aborted messages' delivery reports say which ones were refused for size
+        refused, self._refused = self._refused, []
+        return refused
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports (acks, failures), then resend any outcome refused for size, cut."""

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from devtools.broker import EmbeddedBroker, create_topics
 from tests.brokers import (
@@ -85,11 +86,18 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
 
 @pytest.fixture
 def topic_factory() -> TopicFactory:
-    """Create a fresh uuid-named topic: `topic_factory(bootstrap, partitions=1, prefix="t") -> name`."""
+    """Create a fresh uuid-named topic: `topic_factory(bootstrap, partitions=1, prefix="t", config=None) -> name`.
 
-    def make(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
+    `config` sets topic configs at creation (e.g. {"max.message.bytes": "1048588"}).
+    """
+
+    def make(bootstrap: str, partitions: int = 1, prefix: str = "t", config: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        create_topics(bootstrap, [name], partitions)
+        if config:
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            new = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)
+            admin.create_topics([new])[name].result(30)
+        create_topics(bootstrap, [name], partitions)  # waits until metadata shows it (an existing topic is fine)
         return name
 
     return make
