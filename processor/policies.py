@@ -12,10 +12,12 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
 - `aimd` (Clipper): no waiting; the batch cap grows by one after every batch whose inference stays within
   the latency target and shrinks by 10 % after one that does not.
 - `slo` (ours): `SloController`'s size/wait law against the p99 target, and an overload rule Kafka needs.
-  An HTTP server sheds load by refusing requests; a Kafka event cannot be refused, only scored late. So when
-  the head of the queue will miss its target anyway, waiting for a fuller batch or keeping batches small
-  only makes the events behind it late too (Clockwork's point): the late head goes out at once, in the
-  largest batch the bounds allow, the one that costs least per image, so the backlog clears fastest.
+  An HTTP server sheds load by refusing requests; a Kafka event cannot be refused, only scored late. An
+  event about to miss its target must not make the events behind it miss theirs (Clockwork's point), so a
+  head at risk (80 % of the target spent, counting its predicted inference) never waits for a fuller batch;
+  and when a backlog stands behind it (a full batch's worth is ready), waiting or small batches would only
+  make everyone late: the batch is the largest the bounds allow, the cheapest per image, so the backlog
+  clears fastest.
 """
 
 from __future__ import annotations
@@ -192,6 +194,9 @@ class AimdPolicy(BatchPolicy):
             self.limit = min(self.max_batch_size, self.limit + AIMD_STEP)
 
 
+AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head must go now
+
+
 class SloPolicy(BatchPolicy):
     """Ours: SloController's limit and wait, and a late head goes out at once in the most efficient batch."""
 
@@ -204,13 +209,13 @@ class SloPolicy(BatchPolicy):
         self.late_batches = 0  # batches sent under the overload rule (a gauge for tests and the bench)
 
     def decide(self, q: QueueState) -> Decision:
-        """Late head (it misses the target even if scored now): take up to MAX_BATCH_SIZE now; else the law."""
+        """Head at risk: go now (MAX_BATCH_SIZE rows when a backlog stands behind it); else the controller's law."""
         c = self.controller
         self.limit, self.wait_s = c.limit, c.wait_s
-        if q.head_age_s + c.predicted_inference_s(min(q.rows, c.limit)) > c.target_s:
-            self.late_batches += 1
-            return Decision(self.max_batch_size)
-        return super().decide(q)
+        if q.head_age_s + c.predicted_inference_s(min(q.rows, c.limit)) <= AT_RISK * c.target_s:
+            return super().decide(q)
+        self.late_batches += 1
+        return Decision(self.max_batch_size if q.rows >= self.limit else q.rows)
 
     def observe(
         self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
