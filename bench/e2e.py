@@ -20,6 +20,7 @@ from bench.kafka import Output, OutputCollector
 from devtools.runner import ProcessorProcess, parse_metrics  # bench.stages imports ProcessorProcess from here
 from devtools.runner import processor_env as runner_env
 from processor.settings import MiB, Settings
+from processor.telemetry.gpu import device_handle, load_nvml, read_memory, visible_devices
 
 
 def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, http_port: int) -> dict[str, str]:
@@ -36,16 +37,23 @@ def processor_env(settings: Settings, topics: tuple[str, str, str], group: str, 
 
 
 class ResourceSampler:
-    """Samples a process's RSS (psutil) and GPU memory (NVML, when importable and a GPU answers)."""
+    """Samples a process's RSS (psutil) and GPU memory (NVML, when importable and a GPU answers).
+
+    `peak_gpu_mb` is the process's own GPU memory where NVML lists the process, None where it does not (inside
+    a container NVML usually cannot see it): unknown is never reported as 0. `peak_device_gpu_mb` is the device's
+    memory in use (nvmlDeviceGetMemoryInfo), which NVML always knows but which counts every process on the GPU.
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         import psutil  # the [bench] extra
 
         self._process = psutil.Process(pid)
         self._interval_s = interval_s
-        self._nvml = _nvml()
+        self._nvml = load_nvml()
+        self._handle = device_handle(self._nvml, visible_devices()) if self._nvml is not None else None
         self.peak_rss_mb = 0.0
-        self.peak_gpu_mb: float | None = 0.0 if self._nvml is not None else None
+        self.peak_gpu_mb: float | None = None
+        self.peak_device_gpu_mb: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
 
@@ -67,28 +75,18 @@ class ResourceSampler:
                 self.peak_rss_mb = max(self.peak_rss_mb, self._process.memory_info().rss / MiB)
             except Exception:  # the process ended between samples; the last peak stands
                 return
-            if self._nvml is not None and self.peak_gpu_mb is not None:
-                self.peak_gpu_mb = max(self.peak_gpu_mb, _gpu_mb(self._nvml, self._process.pid))
+            self._sample_gpu()
 
-
-def _nvml() -> Any:
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        return pynvml if pynvml.nvmlDeviceGetCount() > 0 else None
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded: no GPU here
-        return None
-
-
-def _gpu_mb(nvml: Any, pid: int) -> float:
-    used = 0
-    for index in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        used += sum(p.usedGpuMemory or 0 for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == pid)
-    return used / MiB
+    def _sample_gpu(self) -> None:
+        if self._nvml is None:
+            return
+        try:
+            memory = read_memory(self._nvml, self._handle, self._process.pid)
+        except Exception:  # NVMLError (GPU lost): keep the peaks so far
+            return
+        self.peak_device_gpu_mb = max(self.peak_device_gpu_mb or 0.0, memory.device_used_mb)
+        if memory.process_mb is not None:
+            self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, memory.process_mb)
 
 
 def wait_for_outputs(collector: OutputCollector, prefix: str, expected: int, proc: ProcessorProcess,

@@ -28,14 +28,12 @@ def cpu_model() -> str:
 
 
 def gpu_names() -> list[str]:
-    try:
-        import pynvml
+    """Every GPU NVML sees; empty without nvidia-ml-py, a driver or a device."""
+    from processor.telemetry.gpu import gpu_names as names
+    from processor.telemetry.gpu import load_nvml
 
-        pynvml.nvmlInit()
-        return [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
-                for i in range(pynvml.nvmlDeviceGetCount())]  # fmt: skip
-    except Exception:  # no nvidia-ml-py, no driver, or no device: all mean "no GPU" here
-        return []
+    nvml = load_nvml()
+    return names(nvml) if nvml is not None else []
 
 
 def library_versions() -> dict[str, str]:
@@ -150,6 +148,9 @@ def targets(result: dict[str, Any], *, full_size: bool, gpu: bool) -> list[dict[
         note = ""
         if not here:
             note = f"not measured: {GPU_COMMAND}" if device == "gpu" else "not measured (this run is on a GPU)"
+        elif value is None and measure == "gpu_memory_mb":
+            # Per-process NVML memory is unknown inside containers; unknown is not "0 MB, target met".
+            note = "unknown: NVML does not see the processor's process (container?); not called met"
         elif value is None:
             note = "not measured (a stage was skipped)"
         out.append({"name": name, "device": device, "ratio": measure, "comparison": comparison,
@@ -236,8 +237,8 @@ def _headline(result: dict[str, Any]) -> list[str]:
         per_image = best_cpu if stage == "model_only" else cpu.get(stage)
         out.append(f"| {name} | {fmt(value)} | {fmt(per_image)} | {fmt(cores.get(stage), 2)} | {note} |")
     gpu = result.get("gpu_memory_mb")
-    out.append(f"| peak RSS of the processor | {fmt(result.get('peak_rss_mb'), 0)} MB | | | GPU memory: "
-               f"{'null (no GPU)' if gpu is None else fmt(gpu, 0) + ' MB'} |")  # fmt: skip
+    gpu_text = "unknown (no GPU, or NVML cannot see the process)" if gpu is None else fmt(gpu, 0) + " MB"
+    out.append(f"| peak RSS of the processor | {fmt(result.get('peak_rss_mb'), 0)} MB | | | GPU memory: {gpu_text} |")
     return out
 
 

@@ -1,4 +1,9 @@
-"""GPU metrics through NVML (nvidia-ml-py, the optional `[gpu]` extra): a poller thread feeding gauges and /health."""
+"""GPU metrics through NVML (nvidia-ml-py, the optional `[gpu]` extra): a poller thread feeding gauges and /health.
+
+Also the one NVML start-up and the memory reads the bench uses: device memory from nvmlDeviceGetMemoryInfo
+always, per-process memory only where NVML sees the process (inside a container it usually does not: the
+process list is empty or its PIDs are the host's), and None there, never 0.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import importlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +25,10 @@ POLL_INTERVAL_S = 5.0
 
 
 def load_nvml() -> ModuleType | None:
-    """`pynvml`, initialised; None (with one INFO line) when the library, the driver or a device is missing."""
+    """`pynvml`, initialised; None (with one INFO line) when the library, the driver or a device is missing.
+
+    The one NVML start-up of the project: the poller, the bench's sampler and its machine description use it.
+    """
     try:
         nvml = importlib.import_module("pynvml")
     except ImportError:
@@ -37,6 +46,11 @@ def load_nvml() -> ModuleType | None:
     return nvml
 
 
+def visible_devices() -> str | None:
+    """CUDA_VISIBLE_DEVICES: CUDA's own variable, not a DFP setting; it decides which device a session gets."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def device_handle(nvml: ModuleType, visible: str | None) -> Any:
     """The device CUDA calls 0. NVML ignores CUDA_VISIBLE_DEVICES, so map its first entry (index or UUID)."""
     first = (visible or "").split(",")[0].strip()
@@ -45,6 +59,42 @@ def device_handle(nvml: ModuleType, visible: str | None) -> Any:
     if first.isdigit():
         return nvml.nvmlDeviceGetHandleByIndex(int(first))
     return nvml.nvmlDeviceGetHandleByUUID(first)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuMemory:
+    """One memory reading of a device: what the device has in use, and what one process holds if NVML sees it."""
+
+    device_used_mb: float
+    device_total_mb: float
+    process_mb: float | None  # None: NVML does not list the process (containers), or reports no figure for it
+
+
+def gpu_names(nvml: Any) -> list[str]:
+    """The name of every device NVML sees (e.g. "NVIDIA H100 80GB HBM3")."""
+    return [str(nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(nvml.nvmlDeviceGetCount())]
+
+
+def process_memory_mb(nvml: Any, handle: Any, pid: int) -> float | None:
+    """GPU memory held by `pid` on the device, or None when NVML does not list that process there.
+
+    In a container NVML's process list is usually empty or carries host PIDs, so "not listed" means unknown,
+    not zero.
+    """
+    try:
+        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception as exc:  # NVMLError_NoPermission / NotSupported: the list cannot be read here
+        log.debug("NVML process list unavailable", extra={"error": str(exc)[:200]})
+        return None
+    used = [p.usedGpuMemory for p in processes if p.pid == pid and p.usedGpuMemory is not None]
+    return sum(used) / MiB if used else None
+
+
+def read_memory(nvml: Any, handle: Any, pid: int | None = None) -> GpuMemory:
+    """Device memory (nvmlDeviceGetMemoryInfo) and, with `pid`, that process's share where NVML sees it."""
+    info = nvml.nvmlDeviceGetMemoryInfo(handle)
+    process = process_memory_mb(nvml, handle, pid) if pid is not None else None
+    return GpuMemory(int(info.used) / MiB, int(info.total) / MiB, process)
 
 
 class GpuMonitor:
@@ -70,8 +120,7 @@ class GpuMonitor:
         if nvml is None:
             return None
         try:
-            # CUDA's own variable, not a DFP setting: it decides which physical device the session got.
-            handle = device_handle(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            handle = device_handle(nvml, visible_devices())
         except Exception as exc:  # an NVMLError: a UUID or index NVML does not know
             log.info("GPU metrics off: cannot find the CUDA device in NVML", extra={"error": str(exc)[:200]})
             nvml.nvmlShutdown()
