@@ -12,110 +12,38 @@ import json
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers as StarletteHeaders
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES, looks_like_json
 from processor.errors import InvalidJson, InvalidSchema, MissingImage, ProcessorError
+from processor.http.limits import ApiError, ApiLimits, error_body, read_body
 from processor.inflight import Headers, InFlight
 from processor.outcomes import result_fields
-from schemas.api import DetectResult, ErrorDetail, ErrorResponse
+from schemas.api import DetectResult
 
 if TYPE_CHECKING:
-    from processor.settings import Settings
     from processor.telemetry.health import Health
     from processor.telemetry.metrics import Metrics
 
 DetectFn = Callable[[bytes, Headers | None], "Future[InFlight]"]
 JSON_HEADERS: Headers = [("content-type", b"application/json")]
-# A refused body of at most this many bytes is read and dropped by uvicorn after the reply, so the client sees
-# the reply instead of a reset and keeps its connection; anything bigger (or chunked) gets `Connection: close`.
-DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
 
 # The DLQ code of a refused image → the HTTP status /detect answers with. Client input never maps to 5xx;
 # inference_failed means the model itself raised or returned NaN on a decodable image.
 STATUS_BY_CODE: dict[str, int] = {
-    "invalid_json": 400,
-    "invalid_schema": 400,
-    "missing_image": 400,
-    "image_decode_failed": 400,
-    "face_out_of_bounds": 400,
-    "url_not_allowed": 400,
-    "image_too_large": 413,
-    "image_too_many_pixels": 413,
+    **dict.fromkeys(("invalid_json", "invalid_schema", "missing_image", "image_decode_failed", "face_out_of_bounds",
+                     "url_not_allowed"), 400),
+    **dict.fromkeys(("image_too_large", "image_too_many_pixels"), 413),
     "fetch_failed": 422,
     "inference_failed": 500,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ApiLimits:
-    """Per-request bounds of the /detect API.
-
-    Attributes:
-        max_body_bytes: Largest request body, enforced while it is read (413 beyond).
-        max_batch: Most images in one /detect/batch request.
-        timeout_s: Longest a request waits for its results once submitted (503 `timeout` after).
-        max_concurrent: Requests scored at once; a slot is taken only once the body is fully in.
-        body_timeout_s: Longest the whole body may take to arrive (408 after), so slow senders cannot hold a slot.
-    """
-
-    max_body_bytes: int
-    max_batch: int
-    timeout_s: float
-    max_concurrent: int = 64
-    body_timeout_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ApiLimits:
-        """The limits the settings imply; the body ceiling is that of a Kafka JSON envelope.
-
-        Args:
-            settings: The validated service settings.
-
-        Returns:
-            The limits for the /detect routes.
-        """
-        body = int(settings.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES  # base64 is 4/3 of the image
-        return cls(body, settings.detect_max_batch, settings.detect_timeout_s,
-                   settings.detect_max_concurrent, settings.detect_body_timeout_s)  # fmt: skip
-
-
-class ApiError(Exception):
-    """A request-level refusal: an HTTP status and the `{"error": {...}}` body.
-
-    `unread` means the request body was not (fully) read; the reply then closes the connection unless
-    uvicorn can drain the rest cheaply (a declared length of at most DRAIN_LIMIT_BYTES).
-    """
-
-    def __init__(self, status: int, code: str, message: str, *, unread: bool = False,
-                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
-        """Keep the reply's parts; `headers` are extra response headers (a 503 always gets `Retry-After`)."""
-        super().__init__(message)
-        self.status, self.code, self.message, self.unread = status, code, message, unread
-        self.headers = dict(headers or {})
-        if status == 503:
-            self.headers.setdefault("Retry-After", "1")
-
-    def response(self, request: Request) -> JSONResponse:
-        """The JSON error reply, with `Connection: close` when an unread body must not be drained."""
-        headers = dict(self.headers)
-        declared = request.headers.get("content-length", "")
-        if self.unread and not (declared.isdigit() and int(declared) <= DRAIN_LIMIT_BYTES):
-            headers["Connection"] = "close"
-        return JSONResponse(error_body(self.code, self.message), self.status, headers)
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """The ErrorResponse body for one refusal."""
-    return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump()
+}  # fmt: skip
 
 
 def result_body(item: InFlight) -> dict[str, Any]:
@@ -123,35 +51,6 @@ def result_body(item: InFlight) -> dict[str, Any]:
     if item.error is not None:
         return error_body(item.error.code, item.error.message)
     return DetectResult(**result_fields(item)).model_dump(mode="json", exclude_none=True)
-
-
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """Stream the body in, refusing it (413) once it passes `limit` and (408) once it takes over `timeout_s`.
-
-    A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted
-    as it arrives. uvicorn (h11) has already answered 400 to a malformed or negative Content-Length.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
-        raise ApiError(400, "invalid_request", f"bad Content-Length {declared[:40]!r}", unread=True)
-    if declared is not None and int(declared) > limit:
-        raise ApiError(413, "image_too_large", f"request body is {declared} bytes; the limit is {limit}", unread=True)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "image_too_large", f"request body passed the limit of {limit} bytes",
-                                   unread=True)  # fmt: skip
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", f"the body took over {timeout_s} s to arrive", unread=True,
-                       headers={"Connection": "close"}) from None  # fmt: skip
-    except ClientDisconnect:
-        raise ApiError(400, "invalid_request", "the client went away before the body was in", unread=True) from None
-    return b"".join(chunks)
 
 
 class DetectApi:
@@ -168,18 +67,11 @@ class DetectApi:
         self.metrics = metrics
         self.busy = 0  # requests holding a slot; only the event loop thread touches it
 
-    async def single(self, request: Request) -> JSONResponse:
-        """POST /detect: one image as raw bytes, a multipart `image` file, or a JSON envelope."""
-        return await self._serve(request, batch=False)
-
-    async def batch(self, request: Request) -> JSONResponse:
-        """POST /detect/batch: JSON `{"images": [...]}` or multipart `images` files; one entry per item."""
-        return await self._serve(request, batch=True)
-
-    async def _serve(self, request: Request, batch: bool) -> JSONResponse:
+    async def endpoint(self, request: Request) -> JSONResponse:
+        """POST /detect (one image: raw bytes, multipart `image` file or JSON envelope) and /detect/batch."""
         route = request.url.path
         try:
-            response = await self._handle(request, batch)
+            response = await self._handle(request, batch=route == "/detect/batch")
         except ApiError as exc:
             response = exc.response(request)
         except ProcessorError as exc:
@@ -294,13 +186,8 @@ def _json_batch(body: bytes) -> list[tuple[bytes, Headers]]:
         raise InvalidJson(f"body is not valid UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InvalidSchema('the body must be an object {"images": [...]}')
-    return [(json.dumps(_with_id(item)).encode(), JSON_HEADERS) for item in data["images"]]
-
-
-def _with_id(item: Any) -> Any:
-    if isinstance(item, dict) and "event_id" not in item:
-        return {"event_id": new_event_id(), **item}
-    return item
+    with_ids = [{"event_id": new_event_id(), **i} if isinstance(i, dict) else i for i in data["images"]]
+    return [(json.dumps(item).encode(), JSON_HEADERS) for item in with_ids]  # a client's own event_id wins
 
 
 async def form_fields(content_type: str, body: bytes, max_parts: int) -> list[tuple[str, bytes]]:
@@ -313,13 +200,8 @@ async def form_fields(content_type: str, body: bytes, max_parts: int) -> list[tu
     async def once() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = MultiPartParser(
-        StarletteHeaders({"content-type": content_type}),
-        once(),
-        max_files=max_parts,
-        max_fields=max_parts,
-        max_part_size=ENVELOPE_ALLOWANCE_BYTES,
-    )
+    headers, most = StarletteHeaders({"content-type": content_type}), ENVELOPE_ALLOWANCE_BYTES  # per text field
+    parser = MultiPartParser(headers, once(), max_files=max_parts, max_fields=max_parts, max_part_size=most)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

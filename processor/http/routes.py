@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from processor.http.api import ApiError, DetectApi, error_body, read_body
+from processor.http.api import DetectApi
+from processor.http.limits import ApiError, error_body, read_body
 from processor.http.openapi import openapi_document
 from processor.telemetry.health import Health
 from processor.telemetry.metrics import Metrics
@@ -65,7 +66,7 @@ def build_app(health: Health, metrics: Metrics, api: DetectApi | None = None, re
     routes = [Route("/health", health_doc), Route("/healthz", alive), Route("/readyz", ready),
               Route("/metrics", scrape), Route("/openapi.json", openapi)]  # fmt: skip
     if api is not None:
-        routes += [Route("/detect", api.single, methods=["POST"]), Route("/detect/batch", api.batch, methods=["POST"])]
+        routes += [Route(path, api.endpoint, methods=["POST"]) for path in ("/detect", "/detect/batch")]
     if reload is not None:
         routes.append(Route("/admin/reload", _reload_endpoint(reload), methods=["POST"]))
     max_batch = api.limits.max_batch if api is not None else 1

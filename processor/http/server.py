@@ -11,7 +11,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from processor.errors import ConfigError
-from processor.http.api import ApiLimits, DetectApi, DetectFn
+from processor.http.api import DetectApi, DetectFn
+from processor.http.limits import ApiLimits
 from processor.http.routes import Reloader, build_app
 from processor.settings import Settings
 from processor.telemetry.health import Health

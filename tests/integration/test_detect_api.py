@@ -272,7 +272,7 @@ def test_chunked_body_is_scored_and_wrong_method_405_and_unknown_route_404(api: 
 
 def test_openapi_document_lists_the_detect_routes(api: ProcessorProc) -> None:
     status, doc = api.get_json("/openapi.json")
-    assert status == 200 and doc["openapi"].startswith("3.0")
+    assert status == 200 and doc["openapi"].startswith("3.1")
     assert {"/detect", "/detect/batch", "/health", "/healthz", "/readyz"} <= set(doc["paths"])
     assert doc["components"]["schemas"]["DetectBatchRequest"]["properties"]["images"]["maxItems"] == MAX_BATCH
 

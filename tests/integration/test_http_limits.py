@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from processor.errors import FetchFailed
-from processor.http.api import ApiLimits, DetectApi
+from processor.http.api import DetectApi
+from processor.http.limits import ApiLimits
 from processor.http.routes import build_app
 from processor.http.server import HttpServer
 from processor.inflight import Headers, InFlight
