@@ -65,10 +65,14 @@ LABEL org.opencontainers.image.title="deepfake-processor" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /models \
-    && chown app:app /models
+    && mkdir -p /models /var/cache/deepfake-processor/trt \
+    && chown app:app /models \
+    && chown -R app:app /var/cache/deepfake-processor
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# TensorRT engine cache (minutes to build per shape for ViT-B, seconds to load): mount a volume here so restarts
+# reuse it. Owned by the app user, so a fresh named volume mounted here starts writable.
+ENV DFP_TRT_CACHE_DIR=/var/cache/deepfake-processor/trt
 
 # MODEL_DIR: FaceSocial's real model directory (config.json, preprocessor_config.json, onnx/model*.onnx;
 # SPEC §6) is mounted read-only at /models and selected with DFP_MODEL_DIR=/models. With DFP_MODEL_DIR unset

@@ -557,3 +557,29 @@ def test_scaled_object_scales_the_deployment_on_its_own_group_lag_up_to_the_part
     assert partitions is not None
     assert scaled["spec"]["maxReplicaCount"] == int(partitions.group(1))
     assert str(metadata.get("allowIdleConsumers", "false")).lower() == "false"
+
+
+TRT_CACHE = "/var/cache/deepfake-processor/trt"
+
+
+def test_compose_keeps_the_tensorrt_cache_on_a_named_volume_at_dfp_trt_cache_dir() -> None:
+    processor = _service("processor")
+    assert _environment(processor)["DFP_TRT_CACHE_DIR"] == TRT_CACHE
+    assert f"trt-cache:{TRT_CACHE}" in processor["volumes"]
+    assert "trt-cache" in yaml.safe_load(COMPOSE.read_text())["volumes"]
+
+
+def test_kubernetes_mounts_an_empty_dir_at_dfp_trt_cache_dir() -> None:
+    pod = _kubernetes("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env["DFP_TRT_CACHE_DIR"] == TRT_CACHE
+    assert "emptyDir" in volumes[mounts[TRT_CACHE]]
+
+
+def test_dockerfile_creates_the_tensorrt_cache_owned_by_the_app_user() -> None:
+    text = DOCKERFILE.read_text()
+    assert f"ENV DFP_TRT_CACHE_DIR={TRT_CACHE}" in text
+    assert "chown -R app:app /var/cache/deepfake-processor" in text
