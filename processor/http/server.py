@@ -52,7 +52,7 @@ def bearer_token(settings: Settings) -> bytes | None:
 class HttpServer:
     """The listening socket (bound at construction, so the port is known and taken early) and its uvicorn thread."""
 
-    def __init__(self, host: str, port: int, app: ASGIApp) -> None:
+    def __init__(self, host: str, port: int, app: ASGIApp, keep_alive_s: int = KEEP_ALIVE_S) -> None:
         """Bind `host:port` (port 0 picks a free one) for `app`; serving starts with `start()`."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -61,7 +61,7 @@ class HttpServer:
         self._socket.listen(2048)  # a burst of /detect clients must queue, not be refused
         config = uvicorn.Config(
             app, http="h11", loop="asyncio", ws="none", lifespan="off", log_config=None, log_level="warning",
-            access_log=False, proxy_headers=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
+            access_log=False, proxy_headers=False, server_header=False, timeout_keep_alive=keep_alive_s,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=int(_STOP_S),
         )  # fmt: skip
         # Not in the main thread, so uvicorn installs no signal handlers: SIGTERM stays the processor's.

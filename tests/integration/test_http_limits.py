@@ -59,10 +59,10 @@ class Pipeline:
 
 
 @contextmanager
-def serving(pipeline: Pipeline, limits: ApiLimits) -> Iterator[tuple[HttpServer, DetectApi]]:
+def serving(pipeline: Pipeline, limits: ApiLimits, keep_alive_s: int = 5) -> Iterator[tuple[HttpServer, DetectApi]]:
     health = Health(model_loaded=True, warmed_up=True, joined_group=True)
     api = DetectApi(pipeline, health, limits, Metrics())
-    server = HttpServer("127.0.0.1", 0, build_app(health, api.metrics or Metrics(), api))
+    server = HttpServer("127.0.0.1", 0, build_app(health, api.metrics or Metrics(), api), keep_alive_s)
     server.start()
     try:
         yield server, api
@@ -134,14 +134,16 @@ def timed(port: int, method: str, path: str, body: bytes | None = None) -> tuple
 
 def test_200_idle_and_trickling_connections_do_not_stop_probes_or_detect() -> None:
     limits = ApiLimits(LIMIT, 4, 10.0, max_concurrent=2, body_timeout_s=60.0)
-    with serving(Pipeline(), limits) as (server, api), slow_clients(server.port, SLOW_CLIENTS):
-        answers = {path: timed(server.port, method, path, b"\xff\xd8" if method == "POST" else None)
-                   for method, path in (("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/detect"))}  # fmt: skip
-        # Trickling bodies are not in yet, so they hold no slot: /detect is scored (422 from the fake pipeline).
-        assert {path: status for path, (status, _) in answers.items()} == {"/healthz": 200, "/readyz": 200,
-                                                                           "/detect": 422}  # fmt: skip
-        assert api.busy == 0
-        print(f"\nwith {SLOW_CLIENTS} slow connections open: " + ", ".join(
+    with serving(Pipeline(), limits) as (server, api):
+        alone = [timed(server.port, "GET", "/healthz")[1] for _ in range(3)]
+        with slow_clients(server.port, SLOW_CLIENTS):
+            answers = {path: timed(server.port, method, path, b"\xff\xd8" if method == "POST" else None)
+                       for method, path in (("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/detect"))}  # fmt: skip
+            # Trickling bodies are not in yet, so they hold no slot: /detect is scored (422 from the fake pipeline).
+            assert {path: status for path, (status, _) in answers.items()} == {"/healthz": 200, "/readyz": 200,
+                                                                               "/detect": 422}  # fmt: skip
+            assert api.busy == 0
+        print(f"\n/healthz alone: {min(alone):.1f} ms; with {SLOW_CLIENTS} slow connections open: " + ", ".join(
             f"{path} {ms:.1f} ms" for path, (_, ms) in answers.items()))  # fmt: skip
 
 
@@ -156,6 +158,18 @@ def test_a_body_slower_than_the_body_timeout_is_408_and_closed() -> None:
         assert closed_by_server(sock)
         sock.close()
         assert api.busy == 0
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    with serving(Pipeline(), ApiLimits(LIMIT, 4, 10.0), keep_alive_s=1) as (server, _):
+        sock, (status, headers, _) = raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.perf_counter()
+        try:
+            assert status == 200 and "close" not in headers.get("connection", "")
+            assert closed_by_server(sock)  # recv blocks until the server closes (the socket's own timeout is 10 s)
+            print(f"\nidle keep-alive connection closed after {(time.perf_counter() - start) * 1000:.0f} ms")
+        finally:
+            sock.close()
 
 
 def test_oversized_headers_are_refused_400_and_closed() -> None:
