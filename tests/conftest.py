@@ -28,9 +28,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from devtools.broker import EmbeddedBroker, create_topics
 from tests.brokers import (
-    ApacheKafka,
     ExternalCluster,
     KafkaUnavailable,
+    TestKafka,
     TopicFactory,
     check_tools,
     fetch_kafka_jars,
@@ -65,7 +65,7 @@ def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker |
 
 
 @pytest.fixture(scope="session")
-def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka | ExternalCluster]:
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafka | ExternalCluster]:
     """A real one-node Apache Kafka for the session (started on first use), or $KAFKA_BOOTSTRAP's cluster."""
     external = os.environ.get("KAFKA_BOOTSTRAP")
     if external:
@@ -76,7 +76,7 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
         libs = fetch_kafka_jars()
     except KafkaUnavailable as exc:
         kafka_unavailable(str(exc))
-    kafka = ApacheKafka(libs, tmp_path_factory.mktemp("kafka"))
+    kafka = TestKafka(libs, tmp_path_factory.mktemp("kafka"))
     kafka.start()
     try:
         yield kafka

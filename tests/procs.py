@@ -7,6 +7,8 @@ import contextlib
 import json
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,135 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+# --- steady load and a live view of the outputs (rebalance and exactly-once tests) ---------------------------
+
+
+class SteadyProducer:
+    """Produces `batch` events every `interval_s` over `partitions` on a named thread until stopped.
+
+    `ends` holds each partition's end offset (from delivery reports) after every batch, so a test can note where
+    the input stood when it changed the group. Keys are `k<i % partitions>`-style per partition, so one key always
+    maps to one input partition (and to one output partition).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, image: bytes, *, prefix: str = "ev",
+                 batch: int = 12, interval_s: float = 0.2) -> None:  # fmt: skip
+        self.bootstrap, self.topic, self.partitions, self.image = bootstrap, topic, partitions, image
+        self.prefix, self.batch, self.interval_s = prefix, batch, interval_s
+        self.ids: list[str] = []
+        self.ends: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = [f"{self.prefix}-{len(self.ids) + i}" for i in range(self.batch)]
+            ends = produce_values(self.bootstrap, self.topic, [image_event(e, self.image) for e in batch],
+                                  partitions=self.partitions)  # fmt: skip
+            self.ids.extend(batch)
+            for partition, end in ends.items():
+                self.ends[partition] = max(self.ends.get(partition, 0), end)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> SteadyProducer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One output record as the watcher read it."""
+
+    at: float  # time.monotonic() when read
+    event_id: str
+    key: bytes | None
+    topic: str
+    partition: int  # output partition
+    source_partition: int
+    source_offset: int
+
+
+class OutputWatcher:
+    """Reads `topics` from offset 0 (no group, read_committed by default) on a named thread, recording each output.
+
+    Answers what the rebalance and exactly-once tests ask: duplicates, per-key input-offset order, and how soon
+    outputs for inputs produced after a moment appeared on every partition (time to resume).
+    """
+
+    def __init__(self, bootstrap: str, topics: list[str], partitions: int, config: dict[str, Any] | None = None):
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        base = {"bootstrap.servers": bootstrap, "group.id": "watcher-unused", "enable.auto.commit": False}
+        self._consumer = Consumer({**base, **(config or {})})
+        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(partitions)])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="output-watcher", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.1):
+                if msg.error() is None:
+                    record = self._record(msg)
+                    with self._lock:
+                        self.seen.append(record)
+
+    @staticmethod
+    def _record(msg: Message) -> Seen:
+        h = headers_of(msg)
+        if "source.offset" in h:  # a dead letter
+            partition, offset = int(h["source.partition"]), int(h["source.offset"])
+        else:
+            source = json.loads(msg.value() or b"{}").get("source", {})
+            partition, offset = int(source.get("partition", -1)), int(source.get("offset", -1))
+        return Seen(time.monotonic(), h.get("event_id", ""), msg.key(), msg.topic() or "", msg.partition() or 0,
+                    partition, offset)  # fmt: skip
+
+    def snapshot(self) -> list[Seen]:
+        """Everything read so far."""
+        with self._lock:
+            return list(self.seen)
+
+    def ids(self) -> set[str]:
+        """The event ids read so far."""
+        return {s.event_id for s in self.snapshot()}
+
+    def duplicates(self) -> int:
+        """Outputs beyond the first for their event id."""
+        counts = Counter(s.event_id for s in self.snapshot())
+        return sum(c - 1 for c in counts.values())
+
+    def out_of_order_keys(self) -> list[bytes | None]:
+        """Keys whose outputs (in read order, per output partition) did not follow their input offsets."""
+        last: dict[tuple[str, int, bytes | None], int] = {}
+        bad = []
+        for s in self.snapshot():
+            k = (s.topic, s.partition, s.key)
+            if s.source_offset <= last.get(k, -1):
+                bad.append(s.key)
+            last[k] = s.source_offset
+        return bad
+
+    def resumed_after(self, t0: float, ends: dict[int, int]) -> float | None:
+        """Seconds from `t0` until every input partition had an output for an input at or after `ends` (else None)."""
+        first: dict[int, float] = {}
+        for s in self.snapshot():
+            if s.source_offset >= ends.get(s.source_partition, 0) and s.source_partition not in first:
+                first[s.source_partition] = s.at
+        if set(first) != set(ends):
+            return None
+        return max(first.values()) - t0
+
+    def __enter__(self) -> OutputWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()

@@ -1,31 +1,25 @@
-"""Scale-out in one consumer group: instances share partitions, join and leave mid-stream, and lose nothing.
+"""Scale-out in one consumer group on real Kafka: 2 → 3 → 2 instances under steady load, graceful moves only.
 
-Runs on Tansu (cooperative-sticky assignment works there); `DFP_TEST_BOOTSTRAP` points it at a real cluster.
+Each move (C joins, then A leaves with SIGTERM) must lose nothing and duplicate nothing: a revoked partition is
+drained and committed (at-least-once) or was committed with its last transaction (exactly-once) before its new
+owner starts. Per key, results arrive in input-offset order. Runs with the classic protocol and cooperative-sticky,
+with KIP-848 (`DFP_KAFKA_GROUP_PROTOCOL=consumer`), and in exactly-once mode; prints the time to resume per move
+(from the move until every partition has an output for an input produced after it).
 """
 
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections import Counter
 
 import pytest
 
 from tests.brokers import Cluster, TopicFactory
 from tests.corpus import jpeg_bytes
 from tests.integration.conftest import ProcessorFactory
-from tests.procs import (
-    ProcessorProc,
-    event_id_of,
-    image_event,
-    processor_env,
-    produce_values,
-    read_until_ids,
-    wait_for,
-)
+from tests.procs import OutputWatcher, ProcessorProc, SteadyProducer, processor_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PARTITIONS = 6
 
@@ -40,53 +34,45 @@ def shared_by(procs: list[ProcessorProc]) -> list[int] | None:
     return counts if sum(counts) == PARTITIONS and min(counts) > 0 else None
 
 
-def test_instances_share_partitions_and_lose_nothing_when_one_joins_and_one_leaves_mid_stream(
-    tansu: Cluster, topic_factory: TopicFactory, group_id: str, processor_factory: ProcessorFactory
-) -> None:
-    bootstrap = tansu.bootstrap
+@pytest.mark.parametrize(
+    ("protocol", "delivery"),
+    [("classic", "at-least-once"), ("consumer", "at-least-once"), ("classic", "exactly-once")],
+    ids=["cooperative-sticky", "kip848-consumer", "cooperative-sticky-eos"],
+)
+def test_graceful_2_3_2_rebalance_under_load_loses_and_duplicates_nothing_and_keeps_key_order(
+    apache_kafka: Cluster, topic_factory: TopicFactory, group_id: str, processor_factory: ProcessorFactory,
+    protocol: str, delivery: str,
+) -> None:  # fmt: skip
+    bootstrap = apache_kafka.bootstrap
     inp, out, dlq = (topic_factory(bootstrap, PARTITIONS, prefix) for prefix in ("in", "out", "dlq"))
-    env = processor_env(bootstrap, inp, out, dlq, group_id, MAX_IN_FLIGHT="64")
+    settings = {"MAX_IN_FLIGHT": "64", "DELIVERY": delivery, "COMMIT_INTERVAL_MS": "200"}
+    if protocol == "consumer":  # KIP-848; the processor drops the classic-only settings FAST_GROUP passes
+        settings["KAFKA_GROUP_PROTOCOL"] = "consumer"
+    env = processor_env(bootstrap, inp, out, dlq, group_id, **settings)
     a = processor_factory(env, ready=False, name="a")
     b = processor_factory(env, ready=False, name="b")
     a.wait_ready()
     b.wait_ready()
-    two = wait_for(lambda: shared_by([a, b]), 60, "A and B to split the 6 partitions")
-
-    image = jpeg_bytes(64, 64)
-    ids: list[str] = []
-    stop = threading.Event()
-
-    def produce_steadily() -> None:  # ~100 events/s until told to stop: the group changes under a live stream
-        while not stop.is_set():
-            batch = [f"rb-{len(ids) + i}" for i in range(20)]
-            produce_values(bootstrap, inp, [image_event(e, image) for e in batch], partitions=PARTITIONS)
-            ids.extend(batch)
-            time.sleep(0.2)
-
-    producer = threading.Thread(target=produce_steadily, name="steady-producer")
-    producer.start()
-    try:
-        time.sleep(1.0)
-        joined_at = time.monotonic()
-        c = processor_factory(env, name="c")  # joins mid-stream
-        three = wait_for(lambda: shared_by([a, b, c]), 60, "A, B and C to share the 6 partitions")
-        join_s = time.monotonic() - joined_at
-        left_at = time.monotonic()
-        assert a.stop(signal.SIGTERM) == 0, a.log_tail()  # leaves mid-stream: drains and commits its partitions
-        leave_s = time.monotonic() - left_at
-        after = wait_for(lambda: shared_by([b, c]), 60, "B and C to take over A's partitions")
-        time.sleep(1.0)  # B and C consume the new assignment while events still arrive
-    finally:
-        stop.set()
-        producer.join()
-    n = len(ids)
-    messages = read_until_ids(bootstrap, [out, dlq], PARTITIONS, set(ids), timeout_s=120, settle_s=1.0)
-    counts = Counter(event_id_of(m) for m in messages)
-    lost = set(ids) - set(counts)
-    dups = sum(c - 1 for c in counts.values())
-    print(
-        f"\nFIGURE rebalance: assignments two={two} three={three} after_leave={after} "
-        f"c_start_to_share={join_s:.1f}s a_left_in={leave_s:.1f}s events={n} lost={len(lost)} duplicates={dups}"
-    )
+    two = wait_for(lambda: shared_by([a, b]), 60, "A and B to split the partitions")
+    with OutputWatcher(bootstrap, [out, dlq], PARTITIONS) as watcher:
+        with SteadyProducer(bootstrap, inp, PARTITIONS, jpeg_bytes(64, 64), prefix="rb") as load:
+            wait_for(lambda: len(watcher.ids()) >= 2 * PARTITIONS, 60, "outputs to flow")
+            joined_at, ends = time.monotonic(), dict(load.ends)
+            c = processor_factory(env, name="c")  # joins mid-stream
+            three = wait_for(lambda: shared_by([a, b, c]), 60, "A, B and C to share the partitions")
+            join_resume = wait_for(lambda: watcher.resumed_after(joined_at, ends), 60, "outputs after C joined")
+            left_at, ends = time.monotonic(), dict(load.ends)
+            assert a.stop(signal.SIGTERM) == 0, a.log_tail()  # leaves mid-stream: drains and commits its partitions
+            after = wait_for(lambda: shared_by([b, c]), 60, "B and C to take over A's partitions")
+            leave_resume = wait_for(lambda: watcher.resumed_after(left_at, ends), 60, "outputs after A left")
+        ids = set(load.ids)
+        wait_for(lambda: ids <= watcher.ids(), 60, "every event's output")
+        lost = ids - watcher.ids()
+        dups, disorder = watcher.duplicates(), watcher.out_of_order_keys()
+    print(f"\nFIGURE rebalance[{protocol},{delivery}]: assignments {two} -> {three} -> {after}; events={len(ids)} "
+          f"lost={len(lost)} duplicates={dups} out_of_order_keys={len(disorder)} "
+          f"resume_after_join={join_resume:.1f}s resume_after_leave={leave_resume:.1f}s")  # fmt: skip
     assert not lost, f"{len(lost)} events lost, e.g. {sorted(lost)[:5]}"
+    assert dups == 0, f"{dups} duplicates on graceful moves"
+    assert not disorder, f"outputs out of input-offset order for keys {disorder[:5]}"
     assert b.stop() == 0 and c.stop() == 0
