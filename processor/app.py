@@ -50,7 +50,7 @@ def load_engine(settings: Settings, model_dir: Path | None = None, variant: str 
                       threads=settings.inference_threads, fake_label=settings.fake_label,
                       threshold=settings.fake_threshold, cuda_graphs=settings.cuda_graphs,
                       batch_buckets=tuple(settings.batch_buckets),
-                      trt_cache_dir=settings.trt_cache_dir)  # fmt: skip
+                      trt_cache_dir=settings.trt_cache_dir, max_batch_size=settings.max_batch_size)  # fmt: skip
 
     engine = open_engine(gpu_provider_listed(settings.providers), variant, settings.providers)
     if not engine.gpu and engine.model.variant == "fp16" and variant == "auto":

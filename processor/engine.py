@@ -23,6 +23,7 @@ from processor.providers import (
     GRAPHS_OFF,
     GRAPHS_TENSORRT,
     TRT,
+    TrtProfile,
     ensure_trt_cache_dir,
     gpu_driver_present,
     plan_providers,
@@ -36,6 +37,8 @@ from schemas import ModelRef
 log = logging.getLogger(__name__)
 _ort_log = logging.getLogger("onnxruntime")
 ORT_WARNING = 2  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+INPUT_NAME = "pixel_values"  # SPEC §6; `models validate` refuses a model whose one input is named otherwise
+MAX_FACES_DEFAULT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class Engine:
         cuda_graphs: bool = False,
         batch_buckets: tuple[int, ...] = (),
         trt_cache_dir: Path | None = None,
+        max_batch_size: int = 32,
     ) -> None:
         self.model = model
         names = tuple(model.id2label[i] for i in sorted(model.id2label))
@@ -82,7 +86,12 @@ class Engine:
             raise ConfigError("DFP_CUDA_GRAPHS=true needs DFP_BATCH_BUCKETS (one captured graph per static batch size)")
         self.plan = plan_providers(providers, ort.get_available_providers(), driver=gpu_driver_present(),
                                    cuda_graphs=cuda_graphs, buckets=len(buckets))  # fmt: skip
-        self.session, native = self._open(model.onnx_path, threads, trt_cache_dir)
+        # TensorRT's profile covers every batch the engine can be handed: the batcher's bound and buckets, and one
+        # event's crops (DFP_MAX_FACES, 64 by default) when it arrives alone.
+        largest = max(max_batch_size, *buckets)
+        sample = (3, model.preprocess.height, model.preprocess.width)
+        profile = TrtProfile(INPUT_NAME, sample, max(largest, MAX_FACES_DEFAULT), largest)
+        self.session, native = self._open(model.onnx_path, threads, trt_cache_dir, profile)
         self.provider = self.session.get_providers()[0]
         self.gpu = self.provider in GPU_PROVIDERS
         self._report_provider(providers, native, require_gpu)
@@ -182,7 +191,7 @@ class Engine:
         return TensorSpec(sample, self.input_dtype, classes, out_dtype)
 
     def _open(
-        self, path: Path, threads: int, trt_cache_dir: Path | None
+        self, path: Path, threads: int, trt_cache_dir: Path | None, profile: TrtProfile
     ) -> tuple[ort.InferenceSession, list[NativeLine]]:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -200,7 +209,7 @@ class Engine:
             if gpu:
                 preload_cuda_libraries()  # before the first CUDA/TensorRT session, once per process
             try:
-                providers = provider_options(self.plan, trt_cache_dir)
+                providers = provider_options(self.plan, trt_cache_dir, profile)
                 session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean the model cannot serve
                 failure: Exception | None = exc

@@ -20,7 +20,15 @@ from onnxconverter_common import float16
 from models.loader import bundled_model_dir, resolve_model
 from processor.engine import Engine
 from processor.errors import ConfigError
-from processor.providers import GRAPHS_CUDA, GRAPHS_OFF, GRAPHS_TENSORRT, ProviderPlan, plan_providers, provider_options
+from processor.providers import (
+    GRAPHS_CUDA,
+    GRAPHS_OFF,
+    GRAPHS_TENSORRT,
+    ProviderPlan,
+    TrtProfile,
+    plan_providers,
+    provider_options,
+)
 from processor.settings import Providers
 from processor.static_binding import GRAPH_ID_KEY, RUNS_BEFORE_CAPTURE, StaticBindings, graph_run_options
 
@@ -258,3 +266,13 @@ def test_graph_run_options_carry_the_graph_id_only_when_given() -> None:
     assert graph_run_options(2).get_run_config_entry(GRAPH_ID_KEY) == "2"
     with pytest.raises(RuntimeError):
         graph_run_options(None).get_run_config_entry(GRAPH_ID_KEY)
+
+
+def test_tensorrt_gets_one_profile_from_the_configs_so_a_symbolic_export_builds_one_engine() -> None:
+    profile = TrtProfile("pixel_values", (3, 384, 384), max_batch=64, opt_batch=32)
+    assert _options(provider_options(_plan(Providers.AUTO, graphs=False), None, profile))[TRT] == {
+        "trt_fp16_enable": "True",
+        "trt_profile_min_shapes": "pixel_values:1x3x384x384",
+        "trt_profile_max_shapes": "pixel_values:64x3x384x384",
+        "trt_profile_opt_shapes": "pixel_values:32x3x384x384",
+    }
