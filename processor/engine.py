@@ -88,7 +88,7 @@ class Engine:
                                    cuda_graphs=cuda_graphs, buckets=len(buckets))  # fmt: skip
         # TensorRT's profile covers every batch the engine can be handed: the batcher's bound and buckets, and one
         # event's crops (DFP_MAX_FACES, 64 by default) when it arrives alone.
-        largest = max(max_batch_size, *buckets)
+        largest = max((max_batch_size, *buckets))
         sample = (3, model.preprocess.height, model.preprocess.width)
         profile = TrtProfile(INPUT_NAME, sample, max(largest, MAX_FACES_DEFAULT), largest)
         self.session, native = self._open(model.onnx_path, threads, trt_cache_dir, profile)
