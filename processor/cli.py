@@ -10,7 +10,7 @@ from typing import Any
 
 from models.errors import ModelError
 from processor.errors import ConfigError
-from processor.settings import Settings, flag_name, load_settings
+from processor.settings import Settings, flag_name, is_secret_key, load_settings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
@@ -56,7 +56,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(settings.log_level, settings.log_format.value)
+    _warn_secret_flags(args)
     return run(settings)
+
+
+def _warn_secret_flags(args: argparse.Namespace) -> None:
+    """A credential in `--kafka KEY=VALUE` is visible to anyone who can list processes (ps, /proc/<pid>/cmdline)."""
+    keys = sorted({kv.split("=", 1)[0] for kv in getattr(args, "setting_kafka", None) or []})
+    secret = [key for key in keys if is_secret_key(key)]
+    if secret:
+        log.warning(
+            "a --kafka flag carries a credential, visible to anyone who can list processes (ps); "
+            "pass it as DFP_KAFKA_<KEY> from a secret instead",
+            extra={"keys": secret},
+        )
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

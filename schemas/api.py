@@ -77,6 +77,8 @@ class KafkaHealth(BaseModel):
     connected: bool
     assigned_partitions: int
     lag: int | None = None
+    #: librdkafka's latest error, e.g. `_AUTHENTICATION: SASL authentication error: ...` (never a credential).
+    last_error: str | None = None
 
 
 class ModelHealth(BaseModel):

@@ -31,6 +31,7 @@ class Health:
     model_sha256: str | None = None
     assigned_partitions: int = 0
     lag: int | None = None
+    kafka_last_error: str | None = None  # librdkafka's latest error (e.g. SASL or TLS refusals), never credentials
     memory: dict[str, float | None] = field(default_factory=unknown_memory)
 
     @property
@@ -57,7 +58,10 @@ class Health:
             model=ModelHealth(name=self.model_name, sha256=self.model_sha256),
             memory_usage=MemoryUsage(**self.memory),
             kafka=KafkaHealth(
-                connected=self.kafka_connected, assigned_partitions=self.assigned_partitions, lag=self.lag
+                connected=self.kafka_connected,
+                assigned_partitions=self.assigned_partitions,
+                lag=self.lag,
+                last_error=self.kafka_last_error,
             ),
             error=self.fatal,
         ).model_dump(mode="json")

@@ -43,9 +43,16 @@ class KafkaStats:
         self.health.lag = total if self.assigned else 0
 
     def on_error(self, err: KafkaError) -> None:
-        """Record a librdkafka error for /health (error callback); logged at most every 30 s per code."""
+        """Record a librdkafka error for /health (error callback); logged at most every 30 s per code.
+
+        The reason goes to /health's `kafka.last_error`. "All brokers down" follows every refused connection, so
+        it does not hide a reason already kept (`_AUTHENTICATION` for a wrong SASL password, `_SSL` for an
+        untrusted certificate).
+        """
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.health.kafka_connected = False
+        if err.code() != KafkaError._ALL_BROKERS_DOWN or self.health.kafka_last_error is None:
+            self.health.kafka_last_error = f"{err.name()}: {err.str()}"
         # librdkafka reports every reconnect attempt while a broker is down; say it once per error code
         # per ERROR_LOG_EVERY_S at WARNING and the repeats at DEBUG, so an outage does not flood the log.
         now = time.monotonic()
