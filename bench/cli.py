@@ -21,6 +21,7 @@ from typing import Any
 from bench import inproc as inproc
 from bench.goodput import run_policy_stages
 from bench.goodput_report import goodput_plot, goodput_tables, partitions_lines
+from bench.gpu import register as register_gpu_check
 from bench.plot import plot
 from bench.report import cpu_view, machine_info, markdown, ratios, targets, write_section
 from bench.stages import QUICK, Durations, progress, run_inprocess, run_kafka
@@ -77,6 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="measure nothing: redo ratios, targets, Markdown, plot from a saved --json result")  # fmt: skip
     p.set_defaults(handler=run_bench)
+    register_gpu_check(sub)  # `deepfake-processor gpu-check`: the GPU acceptance run (bench/gpu.py)
 
 
 def _csv(text: str) -> list[str]:

@@ -1,0 +1,54 @@
+"""`deepfake-processor gpu-check` on a machine without a GPU stops cleanly, and its verdicts read what was measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.gpu import _verdicts, render
+from processor.cli import main
+
+
+def test_on_a_cpu_host_gpu_check_fails_cleanly_naming_what_really_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gpu-check.json"
+    assert main(["gpu-check", "--json", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "no GPU provider: CPUExecutionProvider" in printed and "RESULT: FAIL" in printed
+    result = json.loads(out.read_text())
+    assert result["passed"] is False and result["gate"]["provider"] == "CPUExecutionProvider"
+    assert result["versions"]["onnxruntime"] and "model_only" not in result
+
+
+def _measured(**overrides: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "versions": {"gpus": ["GPU"], "driver": "580", "cuda_driver_api": "13.0", "onnxruntime": "1.31.1",
+                     "tensorrt": None, "providers_listed": ["CUDAExecutionProvider"]},
+        "checks": [],
+        "providers_really_used": {"cuda": "CUDAExecutionProvider", "cuda_graphs": "CUDAExecutionProvider"},
+        "graph_capture_log": ["Capturing CUDA graph for annotation id 1", "Done capturing CUDA graph"],
+        "memory": {"process_mb": None, "used_by_this_run_mb": 1900.0},
+        "model_only": {"cuda": {"1": 300.0, "32": 2000.0}, "cuda_graphs": {"1": 500.0, "32": 2100.0}},
+        "e2e": {"images_per_s": 900.0, "decode_ceiling_images_per_s": 1000.0},
+    }  # fmt: skip
+    result.update(overrides)
+    return result
+
+
+def test_verdicts_pass_on_good_numbers_and_name_the_decode_ceiling_as_the_limit() -> None:
+    result = _measured()
+    _verdicts(result)
+    assert all(c["passed"] for c in result["checks"]), result["checks"]
+    assert "the limit is the CPU decode ceiling" in result["checks"][-1]["detail"]
+    assert "PASS  graphs_captured" in render(result | {"passed": True})
+
+
+def test_unknown_memory_and_an_unconfirmed_capture_are_failures_not_passes() -> None:
+    result = _measured(graph_capture_log=[], memory={"process_mb": None, "used_by_this_run_mb": None})
+    _verdicts(result)
+    failed = {c["name"] for c in result["checks"] if not c["passed"]}
+    assert failed == {"graphs_captured", "memory_le_2300mb_at_batch_32"}
