@@ -28,7 +28,7 @@ _STOP_S = 5.0
 
 
 def bearer_token(settings: Settings) -> bytes | None:
-    """DFP_API_TOKEN, or the first line of DFP_API_TOKEN_FILE read now; None when neither is set.
+    """DFP_API_TOKEN, or the contents of DFP_API_TOKEN_FILE read now (whitespace stripped); None when neither is set.
 
     Raises:
         ConfigError: Both are set, the file cannot be read, or the token is empty.
