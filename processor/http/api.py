@@ -202,6 +202,7 @@ async def form_fields(content_type: str, body: bytes, max_parts: int) -> list[tu
 
     headers, most = StarletteHeaders({"content-type": content_type}), ENVELOPE_ALLOWANCE_BYTES  # per text field
     parser = MultiPartParser(headers, once(), max_files=max_parts, max_fields=max_parts, max_part_size=most)
+    parser.spool_max_size = len(body) + 1  # the body is in memory already: keep files there (no /tmp writes)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

@@ -169,6 +169,11 @@ def test_a_multipart_image_reaches_the_pipeline_with_its_bytes_exactly() -> None
     api.post("/detect", files={"image": ("a b.jpg", data, "image/jpeg")})
     api.post("/detect", files={"image": ("a.jpg", data, "image/jpeg")}, data={"faces": "[]", "event_id": "e"})
     assert seen[0][0] == data
+    big = data * 300  # 1.5 MB: over Starlette's 1 MB spool size, still read back from memory exactly
+    client(finished(InferenceFailed("x"), seen), limits=ApiLimits(4_000_000, 3, 2.0)).post(
+        "/detect", files={"image": ("big.jpg", big, "image/jpeg")}
+    )
+    assert seen[2][0] == big
     envelope = json.loads(seen[1][0])
     assert (envelope["event_id"], envelope["faces"]) == ("e", [])
 
