@@ -15,14 +15,17 @@ with the target, aiming below it (noise makes a controller that aims at the targ
   so one batch alone can never spend the budget (ViT-B/16 on a CPU: ~0.5 s per image);
 - always: wait at most a tenth of the target (and MAX_BATCH_WAIT_MS). Waiting spends the slack that absorbs
   noise (a shared CPU, a GC pause, a slow produce); the goodput bench on Apache Kafka showed a controller free
-  to wait half the target land its events near the target and lose them to the first hiccup.
+  to wait half the target land its events near the target and lose them to the first hiccup;
+- always: while the model is busy less than half the time, do not wait at all. A fuller batch only pays when
+  the model is the bottleneck; an idle model would score the next event as soon as it came anyway.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,13 +36,17 @@ INFERENCE_SHARE = 0.5  # of the target, the most one full batch's inference may 
 HIGH, LOW = 0.8, 0.5  # of the target: shorten the wait above HIGH, relax below LOW
 WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the latency"
 WAIT_BUDGET = 0.1  # of the target, the longest the batcher may hold an event for a fuller batch
+IDLE_UTILIZATION = 0.5  # below this share of wall time spent in inference, waiting buys nothing
 
 
 class SloController:
     """Owned by the scorer thread (observe) and read by the batcher (limit, wait_s) under the batcher's lock."""
 
-    def __init__(self, target_s: float, max_batch_size: int, max_wait_s: float) -> None:
+    def __init__(
+        self, target_s: float, max_batch_size: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.target_s = target_s
+        self._clock = clock
         self.max_batch_size = max_batch_size
         self.max_wait_s = min(max_wait_s, WAIT_BUDGET * target_s)
         self.limit = max_batch_size
@@ -48,6 +55,7 @@ class SloController:
         self._fills: deque[float] = deque(maxlen=ADJUST_EVERY)
         self._inference: deque[tuple[float, int]] = deque(maxlen=ADJUST_EVERY)  # (seconds, rows) per batch
         self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
+        self._busy: deque[tuple[float, float]] = deque(maxlen=ADJUST_EVERY + 1)  # (monotonic end, inference s)
         self._batches = 0
         self._lock = threading.Lock()
 
@@ -60,6 +68,7 @@ class SloController:
             self._latencies.extend(latencies_s)
             self._fills.append(batch_rows / max(1, self.limit))
             self._waits.append(batch_wait_s)
+            self._busy.append((self._clock(), inference_s))
             if inference_s > 0 and batch_rows > 0:
                 self._inference.append((inference_s, batch_rows))
             self._batches += 1
@@ -78,7 +87,16 @@ class SloController:
             self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
             self.limit = min(self.max_batch_size, self.limit + max(1, self.limit // 8))
         self.limit = max(1, min(self.limit, self._inference_cap()))
+        if self.utilization() < IDLE_UTILIZATION:
+            self.wait_s = MIN_WAIT_S
         self._latencies.clear()
+
+    def utilization(self) -> float:
+        """Share of the wall time between the recent batches that the model spent in inference (1.0 unknown)."""
+        if len(self._busy) < 2:
+            return 1.0
+        span = self._busy[-1][0] - self._busy[0][0]
+        return min(1.0, sum(s for _, s in list(self._busy)[1:]) / span) if span > 0 else 1.0
 
     def predicted_inference_s(self, rows: int) -> float:
         """Inference time of a `rows`-row batch at the recently measured cost per row (0 before any batch)."""
