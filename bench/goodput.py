@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class GoodputPlan:
     warm_up_s: float  # per policy, sent at 50 % load and not counted
     burst_mean_pct: float  # the bursty trace's mean load; its bursts reach BURST_PEAK x this
     burst_on_s: float
+    chunks: int = 4  # each trace is replayed in this many slices, the policies taking turns slice by slice
     seed: int = 0
 
 
@@ -66,6 +67,7 @@ def goodput_plan(settings: Settings, args: argparse.Namespace) -> GoodputPlan:
         warm_up_s=0.3 if quick else 2.0,
         burst_mean_pct=args.burst_mean_pct,
         burst_on_s=0.2 if quick else 1.0,
+        chunks=1 if quick else 4,
     )
 
 
@@ -166,35 +168,55 @@ def run_partitions(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
                          "batch_policy": "fixed"}}  # fmt: skip
 
 
-def _policy_env(plan: GoodputPlan, policy: str) -> dict[str, str]:
-    return {"DFP_BATCH_POLICY": policy, "DFP_MAX_BATCH_SIZE": str(plan.max_batch_size),
-            "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms),
-            "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms)}  # fmt: skip
+def _policy_env(plan: GoodputPlan, policy: str, broker_kind: str = "kafka") -> dict[str, str]:
+    env = {"DFP_BATCH_POLICY": policy, "DFP_MAX_BATCH_SIZE": str(plan.max_batch_size),
+           "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms),
+           "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms)}  # fmt: skip
+    if broker_kind == "kafka":
+        # Real Kafka answers a fetch as soon as data arrives; the 10 ms meant for Tansu would only make the
+        # idle processors (all policies run side by side) poll the broker 100 times a second each.
+        env["DFP_KAFKA_FETCH_WAIT_MAX_MS"] = "500"
+    return env
 
 
 def run_goodput(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
     """The saturated rate, then every trace through every policy; one row per (policy, trace)."""
     run.bar.set_description("goodput: saturated rate")
-    max_rate = saturated_rate(run, "max", run.args.partitions, plan.max_events, _policy_env(plan, "fixed"))
+    env = _policy_env(plan, "fixed", run.args.broker)
+    max_rate = saturated_rate(run, "max", run.args.partitions, plan.max_events, env)
     run.bar.write(f"goodput: saturated rate {max_rate} events/s (fixed, {plan.max_batch_size} / "
                   f"{plan.max_batch_wait_ms} ms)")  # fmt: skip
     plan_traces = traces(plan, max_rate)
-    rows: dict[str, dict[str, Any]] = {}
-    for policy in run.args.policies or POLICIES:
-        topics = _topics(run, policy, run.args.partitions)
-        with run.processor(topics, policy, _policy_env(plan, policy)) as running:
+    policies = list(run.args.policies or POLICIES)
+    rows: dict[str, dict[str, Any]] = {policy: {} for policy in policies}
+    with ExitStack() as stack:
+        running = {p: stack.enter_context(run.processor(_topics(run, p, run.args.partitions), p,
+                                                         _policy_env(plan, p, run.args.broker)))
+                   for p in policies}  # fmt: skip
+        for policy in policies:
             warm = poisson_trace(max_rate / 2, max(10, round(max_rate / 2 * plan.warm_up_s)), np.random.default_rng(1))
-            _replay(run, running, f"{policy}-warm", warm, plan)
-            rows[policy] = {name: _trace_row(run, running, policy, name, rate, offsets, plan)
-                            for name, (rate, offsets) in plan_traces.items()}  # fmt: skip
-            rows[policy]["final"] = {k.removeprefix("deepfake_"): v for k, v in scrape_gauges(
-                running.proc, ("deepfake_batch_limit", "deepfake_batch_wait_seconds")).items()}  # fmt: skip
-        run.bar.write(
-            f"goodput {policy}: "
-            + ", ".join(
-                f"{n} {r['goodput_per_s']}/s p99 {r['p99_ms']} ms" for n, r in rows[policy].items() if n != "final"
+            _replay(run, running[policy], f"{policy}-warm", warm)
+        # Policies take turns, a slice of a trace each, in a rotating order: on a shared machine, load that
+        # comes and goes then meets every policy alike instead of whichever happened to run last.
+        turn = 0
+        for name, (_, offsets) in plan_traces.items():
+            parts: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+            for chunk in np.array_split(offsets, plan.chunks):
+                for policy in policies[turn % len(policies) :] + policies[: turn % len(policies)]:
+                    run.bar.set_description(f"goodput {policy}: {name}")
+                    parts[policy].append(_measure(run, running[policy], f"{policy}-{name}-{turn}", chunk - chunk[0]))
+                turn += 1
+            for policy in policies:
+                rows[policy][name] = _row(parts[policy], plan_traces[name], plan)
+        for policy in policies:
+            gauges = scrape_gauges(running[policy].proc, ("deepfake_batch_limit", "deepfake_batch_wait_seconds"))
+            rows[policy]["final"] = {k.removeprefix("deepfake_"): v for k, v in gauges.items()}
+            run.bar.write(
+                f"goodput {policy}: "
+                + ", ".join(
+                    f"{n} {r['goodput_per_s']}/s p99 {r['p99_ms']} ms" for n, r in rows[policy].items() if n != "final"
+                )
             )
-        )
     run.bar.update(1)
     return {"plan": asdict(plan), "max_images_per_s": max_rate,
             "traces": {n: {"mean_rate_per_s": round(r, 2), "events": len(o), "seconds": round(_span(r, o), 2)}
@@ -206,7 +228,7 @@ def _span(rate: float, offsets: np.ndarray) -> float:
     return float(offsets[-1]) + 1.0 / rate
 
 
-def _replay(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray, plan: GoodputPlan) -> dict[str, Any]:
+def _replay(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray) -> dict[str, Any]:
     from devtools.produce import send_trace
 
     sent = send_trace(run.producer, running.topic, relabelled(run.pool, len(offsets), prefix), offsets.tolist())
@@ -221,24 +243,31 @@ def _batch_totals(running: Running) -> tuple[float, float]:
     return samples.get("deepfake_batch_size_sum", 0.0), samples.get("deepfake_batch_size_count", 0.0)
 
 
-def _trace_row(run: KafkaRun, running: Running, policy: str, name: str, rate: float, offsets: np.ndarray,
-               plan: GoodputPlan) -> dict[str, Any]:  # fmt: skip
-    run.bar.set_description(f"goodput {policy}: {name} ({rate:.0f}/s)")
+def _measure(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray) -> dict[str, Any]:
+    """Replay one slice of a trace; its latencies (output − input Kafka timestamp), batches and sender lag."""
     rows_before, batches_before = _batch_totals(running)
-    replay = _replay(run, running, f"{policy}-{name}", offsets, plan)
+    replay = _replay(run, running, prefix, offsets)
     rows_after, batches_after = _batch_totals(running)
-    outputs = replay["outputs"]
-    scored = [o for o in outputs if not o.dead_letter]
+    scored = [o for o in replay["outputs"] if not o.dead_letter]
     stamps = input_timestamps(run.s.bootstrap_servers, running.topic, run.args.partitions,
                               {(o.partition, o.offset) for o in scored})  # fmt: skip
     latencies = [float(o.timestamp_ms - stamps[(o.partition, o.offset)]) for o in scored
                  if (o.partition, o.offset) in stamps]  # fmt: skip
+    return {"latencies": latencies, "dead_letters": len(replay["outputs"]) - len(scored),
+            "rows": rows_after - rows_before, "batches": batches_after - batches_before,
+            "late_p99_ms": replay["sent"]["late_p99_ms"]}  # fmt: skip
+
+
+def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: GoodputPlan) -> dict[str, Any]:
+    """One (policy, trace) cell from its slices: goodput over the whole trace's duration, percentiles of all."""
+    rate, offsets = trace
+    latencies = [ms for part in parts for ms in part["latencies"]]
     within = sum(1 for ms in latencies if ms <= plan.latency_target_ms)
     seconds = _span(rate, offsets)
-    batches = batches_after - batches_before
+    rows, batches = sum(p["rows"] for p in parts), sum(p["batches"] for p in parts)
     return {"offered_per_s": round(len(offsets) / seconds, 2), "events": len(latencies),
-            "dead_letters": len(outputs) - len(scored), "within_slo": within,
+            "dead_letters": sum(p["dead_letters"] for p in parts), "within_slo": within,
             "goodput_per_s": round(within / seconds, 2), "within_fraction": round(within / max(1, len(offsets)), 4),
             **latency_percentiles(latencies or [0.0]), "max_ms": round(max(latencies or [0.0]), 2),
-            "mean_batch_size": round((rows_after - rows_before) / batches, 2) if batches else None,
-            "producer_late_p99_ms": replay["sent"]["late_p99_ms"]}  # fmt: skip
+            "mean_batch_size": round(rows / batches, 2) if batches else None,
+            "producer_late_p99_ms": max(p["late_p99_ms"] for p in parts)}  # fmt: skip
