@@ -130,12 +130,20 @@ def test_single_two_class_onnx_file_gets_real_fake_labels_and_vit_defaults(model
 def test_single_file_with_other_class_count_and_size_uses_generic_labels_and_its_input_size(
     tmp_path: Path,
 ) -> None:
-    out = build_model_dir("vit-tiny", tmp_path / "m", labels=("a", "b", "c"), image_size=64)
+    out = build_model_dir("vit-tiny", tmp_path / "m", labels=("a", "b", "c"), image_size=64, fixed_shapes=True)
     path = Path(shutil.copy(out / "onnx" / "model.onnx", tmp_path / "detector_int8.onnx"))
     files = resolve_model(path)
     assert (files.name, files.variant) == ("detector_int8", "int8")
     assert files.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
     assert (files.preprocess.height, files.preprocess.width) == (64, 64)
+
+
+def test_single_symbolic_file_has_no_size_to_read_and_takes_the_vit_default(tmp_path: Path) -> None:
+    # Without preprocessor_config.json a symbolic export says nothing about H×W: serve it as a model directory.
+    out = build_model_dir("vit-tiny", tmp_path / "m", labels=("a", "b", "c"))
+    files = resolve_model(out / "onnx" / "model.onnx")
+    assert (files.preprocess.height, files.preprocess.width) == (224, 224)
+    assert len(files.id2label) == 3  # ORT's shape inference still knows the head's width
 
 
 def test_single_file_with_a_contradicting_explicit_variant_is_a_config_error(model_dir: Path) -> None:
