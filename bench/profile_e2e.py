@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +58,33 @@ def stage_of(stack: str) -> str:
     return "other (interpreter, imports, idle threads)"
 
 
-def summarise(raw: str, cpu_ms_per_event: float) -> dict[str, Any]:
-    """Shares and CPU ms per event of each stage from py-spy's `--format raw` output (`stack count` lines)."""
-    counts: Counter[str] = Counter()
+def _stacks(raw: str) -> Iterator[tuple[str, int]]:
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[stage_of(stack)] += int(count)
+            yield stack, int(count)
+
+
+def summarise(raw: str, cpu_ms_per_event: float) -> dict[str, Any]:
+    """Shares and CPU ms per event of each stage from py-spy's `--format raw` output (`stack count` lines)."""
+    counts: Counter[str] = Counter()
+    for stack, n in _stacks(raw):
+        counts[stage_of(stack)] += n
     total = sum(counts.values()) or 1
     return {stage: {"share": round(n / total, 4), "cpu_ms_per_event": round(cpu_ms_per_event * n / total, 3)}
             for stage, n in counts.most_common()}  # fmt: skip
+
+
+def top_frames(raw: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The most sampled (stage, our deepest function, leaf frame) triples, with their share of all samples."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for stack, n in _stacks(raw):
+        frames = stack.split(";")
+        ours = [f for f in frames if "processor/" in f or "schemas/" in f]
+        counts[(stage_of(stack), ours[-1].split(" (")[0] if ours else "-", frames[-1])] += n
+    total = sum(counts.values()) or 1
+    return [{"stage": s, "function": f, "leaf": leaf, "share": round(n / total, 4)}
+            for (s, f, leaf), n in counts.most_common(limit)]  # fmt: skip
 
 
 def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str]) -> dict[str, Any]:
@@ -115,7 +133,7 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str]) 
     return {"events": events, "partitions": partitions, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
             "events_per_s": round(events / wall_s, 1), "cpu_ms_per_event": round(cpu_ms, 3),
             "cores_busy": round(cpu_s / wall_s, 2), "py_spy_rate_hz": rate, "settings": env_extra,
-            "stages": summarise(raw, cpu_ms)}  # fmt: skip
+            "stages": summarise(raw, cpu_ms), "top_frames": top_frames(raw)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
