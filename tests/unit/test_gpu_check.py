@@ -52,3 +52,37 @@ def test_unknown_memory_and_an_unconfirmed_capture_are_failures_not_passes() -> 
     _verdicts(result)
     failed = {c["name"] for c in result["checks"] if not c["passed"]}
     assert failed == {"graphs_captured", "memory_le_2300mb_at_batch_32"}
+
+
+def test_every_measuring_step_runs_through_on_the_cpu_fallback_with_a_tiny_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The steps after the gate need a GPU; here they run on the CPU fallback (require_gpu forced off), which
+    # exercises the plumbing: engines per config, throughput rows, memory, the TensorRT step, the verdicts.
+    import argparse
+    import shutil
+    from functools import partial
+
+    from bench import gpu
+    from models.loader import bundled_model_dir
+    from models.variants import derive_variants
+    from processor.engine import Engine
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(bundled_model_dir(), model_dir)
+    derive_variants(model_dir, ["fp16"])
+
+    def engine(*args: Any, **kwargs: Any) -> Engine:
+        return Engine(*args, **{**kwargs, "require_gpu": False})
+
+    monkeypatch.setattr(gpu, "Engine", engine)
+    monkeypatch.setattr(gpu, "default_trt_cache_dir", partial(Path, tmp_path / "trt"))
+    result: dict[str, Any] = {"checks": []}
+    args = argparse.Namespace(model_dir=str(model_dir), seconds=0.01)
+    gpu._measure(result, args, (1, 2), {"e2e"})
+    assert set(result["model_only"]) == {"cuda", "cuda_graphs", "tensorrt"}
+    assert set(result["model_only"]["cuda_graphs"]) == {"1", "2"}
+    assert result["tensorrt"]["provider"] == "CPUExecutionProvider"
+    assert result["memory"]["used_by_this_run_mb"] is None
+    verdicts = {c["name"]: c["passed"] for c in result["checks"]}
+    assert verdicts == {"no_cpu_fallback": False, "graphs_captured": False, "memory_le_2300mb_at_batch_32": False}
