@@ -271,7 +271,13 @@ class Engine:
 
     def _warm_up(self, sample_shape: tuple[int, ...], batch_sizes: tuple[int, ...]) -> None:
         for n in batch_sizes:
-            probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))
+            try:
+                probs = self.infer(np.zeros((n, *sample_shape), dtype=np.float32))
+            except Exception as exc:  # ORT's own types: a shape the configs promise but the graph cannot take
+                raise ConfigError(
+                    f"DFP_MODEL_DIR: warm-up failed for a batch of {n} at {sample_shape} (preprocessor_config.json "
+                    f"size, config.json id2label: {len(self.labels.names)} classes): {str(exc)[:400]}"
+                ) from None
             if not np.isfinite(probs).all():
                 raise ConfigError("DFP_MODEL_DIR: the model returns non-finite scores on a blank image")
             if probs.shape[1] != len(self.labels.names):

@@ -30,7 +30,10 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg, then every `extra=` field as its own key."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (values json cannot encode are written with str())."""
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
@@ -44,10 +47,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """Time, level, logger and message, then the `extra=` fields as key=value pairs: for humans."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one text line."""
         base = super().format(record)
         ctx = " ".join(f"{k}={v}" for k, v in _context(record).items())
         return f"{base} {ctx}" if ctx else base
@@ -62,6 +68,7 @@ class RepeatFilter(logging.Filter):
         self._last: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False for a librdkafka record whose facility and client already passed within `every_s`."""
         if not record.name.startswith("librdkafka"):
             return True
         # librdkafka messages start "FAC [client#type-n] [thrd:...]": facility + client identify a repeat.

@@ -61,3 +61,18 @@ def test_warm_up_refuses_a_model_whose_class_count_differs_from_id2label(tmp_pat
     engine = Engine(resolve_model(model_dir), Providers.CPU, require_gpu=False)
     with pytest.raises(ConfigError, match="3"):
         engine.warm_up(SHAPE)
+
+
+def test_a_symbolic_model_whose_graph_cannot_take_the_configured_size_fails_warm_up_with_a_config_error(
+    tmp_path: Path,
+) -> None:
+    # A symbolic export says nothing about H×W; a preprocessor_config.json size the position embeddings do not
+    # fit is found at warm-up, before /readyz, and named as a configuration problem.
+    model_dir = tmp_path / "m"
+    shutil.copytree(bundled_model_dir(), model_dir)
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    pre["size"] = {"height": 96, "width": 96}
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(pre))
+    engine = Engine(resolve_model(model_dir), Providers.CPU, require_gpu=False, cuda_graphs=True, batch_buckets=(2,))
+    with pytest.raises(ConfigError, match="warm-up failed for a batch of 2 at \\(3, 96, 96\\)"):
+        engine.warm_up((3, 96, 96), (2,))
