@@ -111,3 +111,10 @@ def test_the_symbolic_export_declares_no_fixed_dim(tmp_path: Path) -> None:
     graph = onnx.load(out / "onnx" / "model.onnx").graph
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
     assert dims == [["batch_size", "num_channels", "height", "width"], ["batch_size", "num_labels"]]
+
+
+def test_the_same_events_get_bit_identical_scores_in_every_mode(model_dir: Path) -> None:
+    # On the CPU provider each row's arithmetic does not depend on its batch neighbours or on padding.
+    dynamic, *others = (_serve(model_dir, *MODES[mode]) for mode in MODES)
+    for scored in others:
+        assert all(np.array_equal(scored[event_id], probs) for event_id, probs in dynamic.items())
