@@ -184,8 +184,10 @@ class Publisher:
                 for future in futures.values():
                     limit = int(future.result(timeout=5)["max.message.bytes"].value)
             except (KafkaException, KeyError, ValueError, TimeoutError) as exc:
-                log.warning("cannot read the topic's max.message.bytes; relying on the broker's refusals",
-                            extra={"topic": topic, "error": str(exc)})  # fmt: skip
+                # A broker that does not report topic configs (the embedded one) is no reason to warn.
+                level = logging.INFO if isinstance(exc, KeyError) else logging.WARNING
+                log.log(level, "cannot read the topic's max.message.bytes; relying on the broker's refusals",
+                        extra={"topic": topic, "error": str(exc)})  # fmt: skip
         self._limits[topic] = limit
         return limit
 
