@@ -60,8 +60,10 @@ def partitions_lines(result: dict[str, Any], json_name: str | None = None) -> li
     return [f"One input partition vs six (saturated, a backlog of {p['events']} events, fixed "
             f"{p['settings']['max_batch_size']} / {fmt(p['settings']['max_batch_wait_ms'])} ms): 1 partition "
             f"{fmt(rates['1'])} events/s, 6 partitions {fmt(rates['6'])} events/s, "
-            f"ratio **{fmt(p['ratio_1_over_6'], 3)}** "
-            f"(target ≥ 0.9: {met}){source}."]  # fmt: skip
+            f"ratio **{fmt(p['ratio_1_over_6'], 3)}** (target ≥ 0.9: {met}); 1 partition with "
+            f"max.partition.fetch.bytes at 16 MiB {fmt(rates.get('1, 16 MiB fetches'))} events/s, ratio "
+            f"{fmt(p.get('ratio_1_big_fetch_over_6'), 3)}; each the mean of {len(p.get('runs', {}).get('1', [1]))} "
+            f"run(s), in A-B-B-A order{source}."]  # fmt: skip
 
 
 def goodput_plot(result: dict[str, Any], path: Path) -> Path | None:
