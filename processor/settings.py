@@ -58,11 +58,6 @@ def default_trt_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-processor" / "trt"
 
 
-def default_trt_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/deepfake-processor/trt, else ~/.cache/deepfake-processor/trt."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-processor" / "trt"
-
-
 CommaList = Annotated[list[str], NoDecode]
 CommaInts = Annotated[list[int], NoDecode]
 
@@ -100,10 +95,6 @@ class Settings(BaseSettings):
         False,
         description="Capture one CUDA graph per DFP_BATCH_BUCKETS size during warm-up and replay it (CUDA provider; "
         "needs buckets)",
-    )
-    trt_cache_dir: Path = Field(
-        default_factory=default_trt_cache_dir,
-        description="TensorRT engine cache, created at start when TensorRT may run; mount a volume in containers",
     )
     trt_cache_dir: Path = Field(
         default_factory=default_trt_cache_dir,
@@ -274,8 +265,6 @@ def settings_table() -> str:
                         "`DFP_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol` |")  # fmt: skip
             continue
         default = "cores" if name == "decode_workers" else _default_text(field.default)
-        if name == "trt_cache_dir":
-            default = "`$XDG_CACHE_HOME/deepfake-processor/trt` (`~/.cache/…` without it)"
         if name == "trt_cache_dir":
             default = "`$XDG_CACHE_HOME/deepfake-processor/trt` (`~/.cache/…` without it)"
         rows.append(f"| `{env_name(name)}` | `{flag_name(name)}` | {default} | {field.description} |")
