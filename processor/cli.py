@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from models.errors import ModelError
+from processor import logs
 from processor.errors import ConfigError
 from processor.settings import Settings, flag_name, is_secret_key, load_settings
 
@@ -126,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, ModelError) as exc:
-        print(f"deepfake-processor: configuration error: {exc}", file=sys.stderr)
+        if logs.configured():  # `run` set up logging (JSON by default): keep every line in its format
+            log.error("configuration error: %s", exc, extra={"exit_code": 2})
+        else:
+            print(f"deepfake-processor: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

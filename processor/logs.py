@@ -98,6 +98,11 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
 
 
+def configured() -> bool:
+    """True once `setup_logging` installed the service's handler (so errors go out in its format)."""
+    return any(isinstance(h.formatter, JsonFormatter | TextFormatter) for h in logging.getLogger().handlers)
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # ONNX Runtime's default sink: "2026-11-30 13:10:09.52 [E:onnxruntime:Default, file.cc:123 func] message".
 _ORT_LINE = re.compile(r"^\S+ \S+ \[([VIWEF]):onnxruntime:[^,\]]*,? ?([^\]]*)\] ?(.*)$")

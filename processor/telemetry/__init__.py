@@ -1,1 +1,1 @@
-"""Telemetry: metrics, the shared health state, Kafka statistics and GPU readings; written by the stages, read by HTTP."""
+"""Telemetry: metrics, shared health state, Kafka statistics, GPU readings; written by the stages, read by HTTP."""

@@ -143,3 +143,4 @@ def test_require_gpu_exits_2_naming_the_reason(python: Path, tmp_path: Path) -> 
     (error,) = [line for line in run.stderr if "DFP_REQUIRE_GPU=true" in line]
     # The reason is in the error itself (ORT's own words), not only somewhere in what ORT printed before it.
     assert "the session runs on CPUExecutionProvider: " in error and "cannot open shared object" in error
+    assert json.loads(error)["level"] == "ERROR"  # logged in the configured format, not printed as plain text
