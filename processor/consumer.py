@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processor.decode import DecodePool
-from processor.errors import Unrecoverable
+from processor.errors import TransactionAborted, Unrecoverable
 from processor.inflight import InFlight
 from processor.offsets import OffsetTracker
 from processor.outcomes import Decided
@@ -32,6 +32,7 @@ RELEASE_SHARE = 0.05  # of a batch's inference time, the most waiting for the lo
 MAX_CONSUME = 500
 REVOKE_DRAIN_S = 10.0
 PRESSURE_COMMIT_S = 0.02
+ABORTED_TRANSACTIONS_GIVE_UP_S = 60.0  # a rebalance settles in seconds; aborting for longer is not a rebalance
 
 
 def busy_poll_s(batch_seconds: float) -> float:
@@ -121,6 +122,7 @@ class StreamLoop:
         self._paused = False
         self._last_commit = time.monotonic()
         self._eos = settings.delivery is Delivery.EXACTLY_ONCE
+        self._aborted_since: float | None = None  # exactly-once: when the current run of aborted transactions began
         config = consumer_config(settings, self.kafka_stats.on_stats, self._on_error, self._on_commit)
         shown = {k: v for k, v in redact(config).items() if not callable(v) and not isinstance(v, logging.Logger)}
         log.info("consumer settings", extra={"kafka": shown})
@@ -222,10 +224,27 @@ class StreamLoop:
         items = list(self.tracker.releasable())
         if not items:
             return
-        offsets = self.publisher.produce_transaction(items, self.consumer.consumer_group_metadata())
+        try:
+            offsets = self.publisher.produce_transaction(items, self.consumer.consumer_group_metadata())
+        except TransactionAborted as exc:
+            self._transaction_aborted(exc, len(items))
+            return
+        self._aborted_since = None
         self.tracker.advance()
         self.tracker.mark_committed(offsets)
         self.metrics.commits.inc()
+
+    def _transaction_aborted(self, exc: TransactionAborted, events: int) -> None:
+        """Re-queue an aborted transaction's events; the next loop iterations (after poll() has served the
+        rebalance, dropping revoked partitions) release them again with fresh group metadata."""
+        self.tracker.unrelease()
+        now = time.monotonic()
+        first = self._aborted_since is None
+        self._aborted_since = self._aborted_since or now
+        if now - self._aborted_since > ABORTED_TRANSACTIONS_GIVE_UP_S:
+            raise Unrecoverable(f"transactions kept aborting for {ABORTED_TRANSACTIONS_GIVE_UP_S:.0f} s: {exc}")
+        log.log(logging.WARNING if first else logging.DEBUG, "transaction aborted; its events go out again",
+                extra={"error": str(exc), "events": events})  # fmt: skip
 
     # ---- commit, backpressure, fatal ---------------------------------------------------------------------------
 

@@ -98,6 +98,13 @@ class ConfigError(Exception):
     """A setting or the model directory is unusable; the CLI exits 2 with this message."""
 
 
+class TransactionAborted(Exception):
+    """Exactly-once: an abortable transaction error (e.g. a rebalance made the group generation stale) was aborted.
+
+    Nothing of it is visible to read_committed readers; its events are released again in the next transaction.
+    """
+
+
 class Unrecoverable(Exception):
     """The processor cannot go on (session broken for good, delivery failed for good); exit 1, commit nothing more."""
 

@@ -64,6 +64,19 @@ class OffsetTracker:
                 part.unacked.append(item)
                 yield item
 
+    def unrelease(self) -> int:
+        """Put every released but unacknowledged event back at the head of its partition's queue, in order.
+
+        Exactly-once: an aborted transaction's outputs are invisible, so its events are released again.
+        Returns how many went back.
+        """
+        moved = 0
+        for part in self._parts.values():
+            while part.unacked and not part.unacked[-1].acked:
+                part.waiting.appendleft(part.unacked.pop())
+                moved += 1
+        return moved
+
     def advance(self) -> None:
         """Pop acknowledged events off each partition's head, moving its commit point."""
         for part in self._parts.values():

@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from processor.errors import ResultTooLarge, Unrecoverable
+from processor.errors import ResultTooLarge, TransactionAborted, Unrecoverable
 from processor.inflight import InFlight, Outcome
 from processor.outcomes import TRUNCATED_PAYLOAD_BYTES, truncated_dead_letter_outcome
 from processor.telemetry.metrics import Metrics
@@ -226,7 +226,7 @@ class Publisher:
             return
         if self._transactional:
             # The transaction fails as a whole (commit_transaction raises) and nothing of it is committed.
-            log.warning("delivery failed inside a transaction", extra={"offset": item.offset, "error": str(err)})
+            log.debug("delivery failed inside a transaction", extra={"offset": item.offset, "error": str(err)})
             return
         # librdkafka already retried (idempotent producer); a failure here is final for this message.
         # Its offset must never be committed: record the first one and stop the loop.
@@ -289,16 +289,16 @@ class Publisher:
                 self.producer.commit_transaction()
                 break
             except KafkaException as exc:
-                # Abortable or fatal (fenced): nothing of this batch is visible to read_committed readers and its
-                # offsets are not committed. Only a refusal for size is retried; otherwise stop and let the group
-                # redeliver rather than guess.
-                refused = self._abort_for_size_refusals()
-                if not refused:
-                    raise Unrecoverable(f"transaction failed: {exc}") from exc
-                for item, topic in refused:
-                    self._next_size_step(item, topic, _TOO_LARGE)
+                # Nothing of this batch is visible to read_committed readers and its offsets are not committed.
+                # Fatal (fenced, or the abort fails): stop. Abortable: refusals for size are retried here; anything
+                # else (a rebalance made the group generation stale) goes back to the loop to release again.
+                refused = self._abort(exc)
                 for item in items:
                     item.acked = False
+                if not refused:
+                    raise TransactionAborted(f"transaction aborted: {exc}") from exc
+                for item, topic in refused:
+                    self._next_size_step(item, topic, _TOO_LARGE)
         else:
             raise Unrecoverable("transaction failed: outcomes refused for size even cut")
         self.poll(0)
@@ -306,12 +306,14 @@ class Publisher:
             item.acked = True
         return offsets
 
-    def _abort_for_size_refusals(self) -> list[tuple[InFlight, str]]:
-        """Abort the failed transaction; return its outcomes the broker refused for size (none: not retryable)."""
+    def _abort(self, exc: KafkaException) -> list[tuple[InFlight, str]]:
+        """Abort the failed transaction; return its outcomes the broker refused for size. Unrecoverable if fatal."""
+        if exc.args[0].fatal():
+            raise Unrecoverable(f"transaction failed: {exc}") from exc
         try:
             self.producer.abort_transaction(30)
-        except KafkaException:
-            return []  # fatal (fenced, or the coordinator is gone): the caller stops
+        except KafkaException as abort_exc:
+            raise Unrecoverable(f"transaction failed: {exc}; abort failed: {abort_exc}") from exc
         self.producer.poll(0)  # the aborted messages' delivery reports say which ones were refused for size
         refused, self._refused = self._refused, []
         return refused

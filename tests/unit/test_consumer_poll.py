@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processor.consumer import BUSY_POLL_S, MAX_BUSY_POLL_S, StreamLoop, busy_poll_s, consumer_config
 from processor.inflight import InFlight, Outcome
@@ -91,3 +91,56 @@ def test_classic_protocol_keeps_cooperative_sticky_and_the_passthrough() -> None
     config = consumer_config(settings, _noop, _noop, _noop)
     assert config["partition.assignment.strategy"] == "cooperative-sticky"
     assert config["session.timeout.ms"] == "6000"
+
+
+class _StaleGenerationProducer:
+    """A transactional producer whose first send_offsets_to_transaction fails as after a rebalance."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.stale = True
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, value: bytes, key: object, headers: object, on_delivery: object) -> None:
+        self.calls.append(f"produce {topic}")
+
+    def send_offsets_to_transaction(self, offsets: object, metadata: object) -> None:
+        if self.stale:
+            self.stale = False
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "stale generation", txn_requires_abort=True))
+        self.calls.append("offsets")
+
+    def commit_transaction(self) -> None:
+        self.calls.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return 0
+
+
+def test_transaction_aborted_by_a_rebalance_is_released_again_not_fatal() -> None:
+    from processor.publish import Publisher
+
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, lambda item: None, lambda topic: None)
+    fake = _StaleGenerationProducer()
+    publisher.producer = fake  # type: ignore[assignment]
+    publisher._transactional = True
+    tracker = OffsetTracker()
+    for offset in range(3):
+        item = InFlight(topic="images", partition=0, offset=offset, key=None, value=b"", headers=None,
+                        timestamp_ms=None)  # fmt: skip
+        item.outcome = Outcome(topic="out", value=b"r", headers=[])
+        tracker.admit(item)
+    loop = SimpleNamespace(tracker=tracker, publisher=publisher, metrics=Metrics(), _aborted_since=None,
+                           consumer=SimpleNamespace(consumer_group_metadata=lambda: "metadata"))  # fmt: skip
+    loop._transaction_aborted = lambda exc, n: StreamLoop._transaction_aborted(loop, exc, n)  # type: ignore[arg-type]
+    StreamLoop._produce_transaction(loop)  # type: ignore[arg-type]
+    assert fake.calls[-1] == "abort" and len(tracker) == 3 and tracker.committable() == {}
+    StreamLoop._produce_transaction(loop)  # type: ignore[arg-type]  # the next iteration: fresh metadata
+    assert fake.calls[-2:] == ["offsets", "commit"]
+    assert fake.calls.count("produce out") == 6  # the same three events, once per transaction
+    assert len(tracker) == 0 and loop._aborted_since is None

@@ -167,3 +167,16 @@ def test_a_failed_commit_superseded_by_a_later_one_is_not_resent() -> None:
     assert tracker.committable() == {}
     tracker.commit_failed({OTHER: 5})  # a partition we do not own: ignored
     assert tracker.committable() == {}
+
+
+def test_an_aborted_transactions_events_are_released_again_in_offset_order() -> None:
+    tracker = OffsetTracker()
+    items = _admit(tracker, [0, 1, 2])
+    other = _admit(tracker, [0], OTHER)
+    for item in [*items.values(), *other.values()]:
+        _decide(item)
+    assert len(_release(tracker)) == 4  # one transaction's worth
+    assert tracker.unrelease() == 4  # aborted: nothing of it is visible
+    assert sorted(_release(tracker)) == [(0, 0), (0, 1), (0, 2), (1, 0)]  # the same events, same order
+    _ack(*items.values(), *other.values())
+    assert tracker.committable() == {TP: 3, OTHER: 1}
