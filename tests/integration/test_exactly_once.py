@@ -35,12 +35,14 @@ PARTITIONS = 3
 EOS_SETTINGS = {"DELIVERY": "exactly-once", "MAX_IN_FLIGHT": "64", "KAFKA_TRANSACTION_TIMEOUT_MS": "10000"}
 
 
-def decided(proc: ProcessorProc) -> float:
-    """Events the instance scored or dead-lettered (0 when it does not answer)."""
+def decided(proc: ProcessorProc, peaks: list[float] | None = None) -> float:
+    """Events the instance scored or dead-lettered (0 when it does not answer); appends in-flight to `peaks`."""
     try:
         text = proc.get("/metrics")[1].decode()
     except OSError:
         return 0.0
+    if peaks is not None:
+        peaks.extend(metric_samples(text, "deepfake_in_flight_events"))
     return sum(metric_samples(text, "deepfake_events_scored_total")) + sum(
         metric_samples(text, "deepfake_events_dead_lettered_total")
     )
@@ -74,8 +76,10 @@ def test_two_instances_with_default_ids_kill9_one_survivor_takes_over_read_commi
     wait_for(lambda: assigned(a) + assigned(b) == PARTITIONS and min(assigned(a), assigned(b)) > 0, 60,
              "A and B to share the partitions")  # fmt: skip
     produce_values(bootstrap, inp, values, partitions=PARTITIONS, headers=headers)
-    wait_for(lambda: decided(a) >= 40, 60, "A to be mid-stream")
+    in_flight: list[float] = []
+    wait_for(lambda: decided(a, in_flight) >= 40, 60, "A to be mid-stream")
     a.stop(signal.SIGKILL)
+    assert 0 < max(in_flight) <= 64, f"deepfake_in_flight_events peaked at {max(in_flight)} in exactly-once mode"
     killed_at = time.monotonic()
     wait_for(lambda: assigned(b) == PARTITIONS, 60, "B to take over A's partitions")
     takeover_s = time.monotonic() - killed_at
