@@ -48,7 +48,9 @@ class SloController:
         self.target_s = target_s
         self._clock = clock
         self.max_batch_size = max_batch_size
+        self.wait_bound_s = max_wait_s  # MAX_BATCH_WAIT_MS itself: the policy's overload rule may wait this long
         self.max_wait_s = min(max_wait_s, WAIT_BUDGET * target_s)
+        self.over_target = False  # the last adjustment saw p99 above the target
         self.limit = max_batch_size
         self.wait_s = self.max_wait_s
         self._latencies: deque[float] = deque(maxlen=WINDOW)
@@ -76,6 +78,7 @@ class SloController:
                 self._adjust(float(np.percentile(np.fromiter(self._latencies, float), 99)))
 
     def _adjust(self, p99_s: float) -> None:
+        self.over_target = p99_s > self.target_s
         full = float(np.mean(self._fills)) >= 0.9
         wait_matters = float(np.mean(self._waits)) >= WAIT_SHARE * p99_s
         if p99_s > HIGH * self.target_s and wait_matters and not full:

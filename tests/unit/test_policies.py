@@ -92,16 +92,37 @@ def test_ours_never_makes_a_head_at_risk_wait_for_a_fuller_batch() -> None:
     slo.limit, slo.wait_s = 16, 0.01
     policy = SloPolicy(slo)
     late = policy.decide(_q(3, oldest=0.0, age=0.075))
-    assert late.take == 3 and policy.late_batches == 1
+    assert late.take == 16 and policy.late_batches == 1  # up to the limit: the 3 that are there
 
 
-def test_ours_clears_a_backlog_behind_a_late_head_in_the_largest_batch() -> None:
-    # Kafka events cannot be refused: with a backlog behind a late head, batches of the controller's 16 would
-    # make everyone late; the largest batch the bounds allow costs least per image and clears it fastest.
+def test_a_lone_straggler_past_its_target_goes_now_rather_than_waiting() -> None:
+    # Recent p99 is under the target: one late event is a hiccup, not an overload; it must not hold others.
     slo = _controller()
-    slo.limit, slo.wait_s = 16, 0.01
     policy = SloPolicy(slo)
-    assert policy.decide(_q(200, age=0.5)).take == 64
+    assert not slo.over_target and policy.decide(_q(2, age=0.3)).take == slo.limit
+
+
+def _overloaded() -> SloController:
+    slo = _controller()
+    for _ in range(ADJUST_EVERY):
+        slo.observe([0.4] * 4, 8, 8 * 0.002, 0.001)  # p99 400 ms against a 100 ms target
+    assert slo.over_target
+    slo.limit = 16
+    return slo
+
+
+def test_in_an_overload_a_lost_head_waits_for_the_cheapest_batch_up_to_max_batch_wait() -> None:
+    # Kafka events cannot be refused: an event that misses its target anyway is scored in the batch that costs
+    # least per image (on a CPU, batches of one take cores from decode), so the backlog clears fastest.
+    policy = SloPolicy(_overloaded())
+    filling = policy.decide(_q(5, oldest=0.01, age=0.3))
+    assert filling.take == 0 and filling.wake_rows == 64 and filling.wait_s == pytest.approx(0.04)
+    assert policy.decide(_q(5, oldest=0.05, age=0.3)).take == 64  # MAX_BATCH_WAIT_MS (50 ms) is the bound
+
+
+def test_in_an_overload_a_backlog_behind_a_lost_head_goes_in_the_largest_batch() -> None:
+    policy = SloPolicy(_overloaded())
+    assert policy.decide(_q(200, age=0.5)).take == 64  # not the controller's 16
 
 
 def test_unset_policy_is_slo_with_a_latency_target_and_fixed_without() -> None:
