@@ -49,10 +49,12 @@ def decided(proc: ProcessorProc, peaks: list[float] | None = None) -> float:
 
 
 def assigned(proc: ProcessorProc) -> int:
+    """The instance's assigned partition count, from /health."""
     return int(proc.get_json("/health")[1]["kafka"]["assigned_partitions"])
 
 
 def tally(messages: list, ids: set[str]) -> tuple[set[str], dict[str, int]]:
+    """(lost ids, {event_id: count} of those seen more than once)."""
     seen = Counter(event_id_of(m) for m in messages)
     return ids - set(seen), {e: c for e, c in seen.items() if c > 1}
 

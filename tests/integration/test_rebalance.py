@@ -25,6 +25,7 @@ PARTITIONS = 6
 
 
 def assigned(procs: list[ProcessorProc]) -> list[int]:
+    """Each instance's assigned partition count, from /health."""
     return [p.get_json("/health")[1]["kafka"]["assigned_partitions"] for p in procs]
 
 

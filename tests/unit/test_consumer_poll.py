@@ -101,24 +101,30 @@ class _StaleGenerationProducer:
         self.stale = True
 
     def begin_transaction(self) -> None:
+        """Start a transaction."""
         self.calls.append("begin")
 
     def produce(self, topic: str, value: bytes, key: object, headers: object, on_delivery: object) -> None:
+        """Record the produce."""
         self.calls.append(f"produce {topic}")
 
     def send_offsets_to_transaction(self, offsets: object, metadata: object) -> None:
+        """Refuse the first time (stale generation), accept afterwards."""
         if self.stale:
             self.stale = False
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "stale generation", txn_requires_abort=True))
         self.calls.append("offsets")
 
     def commit_transaction(self) -> None:
+        """Commit."""
         self.calls.append("commit")
 
     def abort_transaction(self, timeout: float) -> None:
+        """Abort."""
         self.calls.append("abort")
 
     def poll(self, timeout: float = 0.0) -> int:
+        """No delivery reports to serve."""
         return 0
 
 

@@ -28,6 +28,7 @@ class FakeMessage:
         self._topic = topic
 
     def topic(self) -> str:
+        """The topic the message was for."""
         return self._topic
 
 
@@ -40,9 +41,11 @@ class FakeProducer:
         self.delivered: list[tuple[str, bytes, dict[str, bytes]]] = []
 
     def produce(self, topic: str, value: bytes, key: Any, headers: Any, on_delivery: Callable[..., None]) -> None:
+        """Queue one message (delivered by `poll`)."""
         self.queued.append((topic, value, headers, on_delivery))
 
     def poll(self, timeout: float = 0.0) -> int:
+        """Deliver (or refuse for size) everything queued, calling each delivery callback."""
         queued, self.queued = self.queued, []
         for topic, value, headers, callback in queued:
             if len(value) > self.limits.get(topic, 1 << 30):
@@ -53,6 +56,7 @@ class FakeProducer:
         return len(queued)
 
     def flush(self, timeout: float = 0.0) -> int:
+        """Poll until nothing is queued (callbacks may queue more)."""
         while self.queued:
             self.poll()
         return 0
