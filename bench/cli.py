@@ -38,6 +38,7 @@ FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the ful
 
 
 def register(sub: Any) -> None:
+    """Add the `bench` subcommand and its flags to the CLI's subparsers."""
     p = sub.add_parser("bench", help="benchmark every stage, decode to Kafka end to end, latency and SLO batching",
                        description=__doc__)  # fmt: skip
     p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
@@ -90,6 +91,7 @@ def _ints(text: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """Run the chosen stages (or, with --render, only the report of a saved result); the exit code."""
     if args.render:
         saved = json.loads(args.render.read_text(encoding="utf-8"))
         only_policies = set(saved["settings"].get("stages", [])) <= set(POLICY_STAGES)

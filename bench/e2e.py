@@ -128,6 +128,7 @@ def timing_summary(outputs: list[Output]) -> dict[str, dict[str, float]]:
 
 
 def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    """p50, p95 and p99 of the latencies (ms), rounded to 0.01 ms."""
     values = np.array(latencies_ms, dtype=np.float64)
     return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)}
 

@@ -43,6 +43,7 @@ class StageRun:
 
     @property
     def images_per_s(self) -> float:
+        """Images per wall-clock second (0 for an empty run)."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     @property
@@ -95,6 +96,7 @@ def _drive(submit: Callable[[InFlight], None], events: Sequence[SampleEvent], se
 
 
 def limits_of(settings: Settings) -> DecodeLimits:
+    """The decode limits (image bytes, pixels, faces) the settings give the processor."""
     return DecodeLimits(int(settings.max_image_bytes), settings.max_image_pixels, settings.max_faces)
 
 

@@ -61,6 +61,7 @@ def _header_pairs(msg: Message) -> Headers:
 
 
 def parse_output(msg: Message) -> Output:
+    """A result or dead letter as the bench needs it: id, Kafka timestamp, source position, timings."""
     headers = {k: v.decode("utf-8", errors="replace") for k, v in _header_pairs(msg)}
     ts = msg.timestamp()[1]
     if "error.code" in headers:
@@ -95,6 +96,7 @@ class OutputCollector:
         return list(first.values())
 
     def close(self) -> None:
+        """Close the reader's consumer."""
         self._consumer.close()
 
 

@@ -188,6 +188,7 @@ class KafkaRun:
         return producer
 
     def backlog(self, topic: str, n: int, prefix: str) -> None:
+        """Produce `n` events of the pool (ids `<prefix>-<n>`) to `topic` as fast as the producer goes."""
         from devtools.produce import send
 
         self.bar.set_description(f"producing {n} events")
@@ -218,6 +219,7 @@ class KafkaRun:
                 print(f"bench: the processor exited with {code}; log: {proc.log_path}\n{proc.log_tail()}")
 
     def e2e_and_latency(self, todo: list[str], topics: tuple[str, str, str], n: int) -> None:
+        """The e2e drain and the paced latency levels, through one processor; peak RSS and GPU memory."""
         with self.processor(topics, "main") as running:
             if "e2e" in todo:
                 _stage_e2e(running, n, self.result, self.bar, self.broker_pid)
@@ -263,6 +265,8 @@ class KafkaRun:
 
 @dataclass(frozen=True, slots=True)
 class Running:
+    """A started processor with its output reader, resource sampler and input topic."""
+
     proc: ProcessorProcess
     collector: OutputCollector
     sampler: ResourceSampler
@@ -380,6 +384,7 @@ class _NoBar:
 
 
 def progress(total: int, disabled: bool, desc: str = "bench", unit: str = "stage", leave: bool = True) -> Any:
+    """A tqdm bar on stderr, or a stand-in that prints only `write` lines when tqdm is missing."""
     try:
         from tqdm import tqdm
     except ImportError:

@@ -79,15 +79,18 @@ class ProcessorProcess:
 
     @property
     def pid(self) -> int:
+        """The child's process id (RuntimeError before start)."""
         if self.proc is None:
             raise RuntimeError("the processor was never started")
         return self.proc.pid
 
     @property
     def alive(self) -> bool:
+        """Whether the child was started and has not exited."""
         return self.proc is not None and self.proc.poll() is None
 
     def url(self, path: str) -> str:
+        """`http://127.0.0.1:<port><path>` on the child's HTTP port."""
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -129,6 +132,7 @@ class ProcessorProcess:
         return None if self.proc is None else stop_process(self.proc, timeout_s, sig=sig)
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the child's log ("(no log)" when it cannot be read)."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
