@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# The deepfake scoring processor: `deepfake-processor run`, configured by DFP_* env vars (SPEC §3),
+# The deepfake scoring processor: `deepfake-processor run`, configured by DFP_* env vars (README: Settings),
 # health and metrics on :8007 (/health /healthz /readyz /metrics).
 #
 #   GPU (default): docker build -t deepfake-processor .
@@ -75,7 +75,7 @@ ENV PATH=/opt/venv/bin:$PATH
 ENV DFP_TRT_CACHE_DIR=/var/cache/deepfake-processor/trt
 
 # MODEL_DIR: FaceSocial's real model directory (config.json, preprocessor_config.json, onnx/model*.onnx;
-# SPEC §6) is mounted read-only at /models and selected with DFP_MODEL_DIR=/models. With DFP_MODEL_DIR unset
+# docs/MODELS.md) is mounted read-only at /models and selected with DFP_MODEL_DIR=/models. With DFP_MODEL_DIR unset
 # the processor serves the bundled demo model, whose scores are meaningless: fine for smoke tests only.
 # (No VOLUME instruction: it would create an anonymous volume on every `docker run`.)
 

@@ -1,4 +1,4 @@
-"""Build a faithful ViT image classifier as ONNX (onnx.helper + numpy, no PyTorch) in the SPEC §6 layout.
+"""Build a faithful ViT image classifier as ONNX (onnx.helper + numpy, no PyTorch) in the HF layout.
 
 The graph mirrors Hugging Face `ViTForImageClassification`: 16×16 patch Conv, cls token, position
 embeddings, pre-LN blocks (multi-head self-attention, Erf-GELU MLP), final LayerNorm, linear head

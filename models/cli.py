@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     models = sub.add_parser("models", help="build / derive variants / inspect / validate model directories")
     commands = models.add_subparsers(dest="models_command", required=True)
 
-    build = commands.add_parser("build", help="build a seeded random-weight ViT directory (SPEC §6 layout)")
+    build = commands.add_parser("build", help="build a seeded random-weight ViT directory (Hugging Face layout)")
     build.add_argument("--arch", choices=ARCH_CHOICES, required=True)
     build.add_argument("--out", type=Path, required=True, help="model directory to write")
     build.add_argument("--seed", type=int, default=0, help="weight seed; the same seed gives identical files")

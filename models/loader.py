@@ -1,4 +1,4 @@
-"""Resolve a model directory (SPEC §6) or a bare .onnx file into the file, labels and preprocessing to load.
+"""Resolve a model directory (docs/MODELS.md) or a bare .onnx file into the file, labels and preprocessing to load.
 
 Nothing here imports `onnx`: the production image ships only onnxruntime.
 """
@@ -21,7 +21,7 @@ VARIANT_FILES: dict[str, list[str]] = {
     "q4": ["model_q4.onnx"],
     "bnb4": ["model_bnb4.onnx"],
 }
-# `auto` preference, fastest first. CPU (FACTS.md, ViT-B/16, 2 threads): int8 36 ms, fp32 88, fp16 93,
+# `auto` preference, fastest first. CPU (ViT-B/16, 2 threads, an x86 dev host): int8 36 ms, fp32 88, fp16 93,
 # q4 95, bnb4 108 — only int8 beats fp32. GPU: fp16 halves memory traffic; the 4-bit MatMulNBits /
 # MatMulBnb4 ops have CUDA kernels, while dynamic int8 (MatMulInteger) mostly falls back to the CPU.
 AUTO_ORDER_CPU = ("int8", "fp32", "fp16", "q4", "bnb4")
@@ -51,7 +51,7 @@ def bundled_model_dir() -> Path:
 def resolve_model(model_dir: str | Path | None, variant: str = "auto", *, gpu: bool = False) -> ModelFiles:
     """Pick the ONNX file to load and read its labels and preprocessing.
 
-    `model_dir` is a SPEC §6 directory (variants under `onnx/`, or at its top level), a single
+    `model_dir` is a model directory (docs/MODELS.md) (variants under `onnx/`, or at its top level), a single
     `.onnx` file, or None for the bundled model. `variant="auto"` picks, among the files present,
     fp16 on a GPU and int8 on a CPU, falling back to fp32 (then the rest, see AUTO_ORDER_*): on a
     CPU only int8 runs faster than fp32, while on a GPU fp16 is the fast path. An explicitly named

@@ -96,7 +96,7 @@ def input_problems(inputs: list[Any], preprocess: PreprocessConfig) -> list[str]
         names = [i.name for i in inputs]
         return [f"the model has {len(inputs)} inputs {names}; the processor feeds exactly one, {INPUT_NAME!r}"]
     name, shape, kind = inputs[0].name, [_dim(d) for d in inputs[0].shape], inputs[0].type
-    problems = [] if name == INPUT_NAME else [f"input is named {name!r}; SPEC §6 requires {INPUT_NAME!r}"]
+    problems = [] if name == INPUT_NAME else [f"input is named {name!r}; the layout requires {INPUT_NAME!r}"]
     if len(shape) != 4:
         return [*problems, f"input {name!r} has rank {len(shape)} (shape {shape}); expected 4, [N,3,H,W]"]
     if kind != INPUT_TYPE:

@@ -93,7 +93,7 @@ def to_fp16(source: Path, target: Path) -> None:
 def to_int8(source: Path, target: Path) -> None:
     """Dynamic int8: weights quantised offline, activations per batch (no calibration set needed).
 
-    Signed int8 weights, not uint8: on this CPU (FACTS.md) they run 1.7× faster with the same accuracy.
+    Signed int8 weights, not uint8: on the x86 CPUs measured they run 1.7× faster with the same accuracy.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

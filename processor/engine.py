@@ -37,13 +37,13 @@ from schemas import ModelRef
 log = logging.getLogger(__name__)
 _ort_log = logging.getLogger("onnxruntime")
 ORT_WARNING = 2  # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
-INPUT_NAME = "pixel_values"  # SPEC §6; `models validate` refuses a model whose one input is named otherwise
+INPUT_NAME = "pixel_values"  # docs/MODELS.md; `models validate` refuses a model whose one input is named otherwise
 MAX_FACES_DEFAULT = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Labels:
-    """id2label plus which class means fake; turns a row of probabilities into the SPEC §5 fields."""
+    """id2label plus which class means fake; turns a row of probabilities into the result's label fields."""
 
     names: tuple[str, ...]
     fake_index: int

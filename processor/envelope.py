@@ -1,4 +1,4 @@
-"""Turns a Kafka value into image bytes plus the event's fields (SPEC §4), refusing what breaks the rules."""
+"""Turns a Kafka value into image bytes plus the event's fields (docs/EVENTS.md), refusing what breaks the rules."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _parse_event(value: bytes, max_image_bytes: int, max_faces: int) -> ImageEve
 
 
 def decode_b64(text: str, max_image_bytes: int) -> bytes:
-    """Base64 → bytes, judging the size from the text length first (SPEC §4)."""
+    """Base64 → bytes, judging the size from the text length first (docs/EVENTS.md)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     if not text.strip():

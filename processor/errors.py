@@ -22,7 +22,7 @@ class InvalidJson(ProcessorError):
 
 
 class InvalidSchema(ProcessorError):
-    """The JSON envelope breaks the SPEC §4 rules (types, lengths, exactly one image source)."""
+    """The JSON envelope breaks the envelope rules (docs/EVENTS.md) (types, lengths, exactly one image source)."""
 
     code = "invalid_schema"
     stage = "parse"

@@ -81,7 +81,7 @@ def _ms(start: float, end: float) -> float:
 
 
 def result_fields(item: InFlight) -> dict[str, Any]:
-    """The SPEC §5 result fields of a scored item, all but Kafka's `source` (shared with the /detect API).
+    """The result fields (docs/EVENTS.md) of a scored item, all but Kafka's `source` (shared with the /detect API).
 
     With faces, the event's score is the face with the highest fake score.
     """
@@ -119,7 +119,7 @@ def result_fields(item: InFlight) -> dict[str, Any]:
 
 
 def result_outcome(item: InFlight, output_topic: str) -> Outcome:
-    """Build the SPEC §5 result message for OUTPUT_TOPIC."""
+    """Build the result (docs/EVENTS.md) message for OUTPUT_TOPIC."""
     fields = result_fields(item)
     result = ScoreResult(**fields, source=SourceRef(topic=item.topic, partition=item.partition, offset=item.offset))
     headers: Headers = [("event_id", item.event_id.encode())]
@@ -132,7 +132,7 @@ def result_outcome(item: InFlight, output_topic: str) -> Outcome:
 
 
 def dead_letter_outcome(item: InFlight, error: ProcessorError, dlq_topic: str) -> Outcome:
-    """The original value byte-for-byte plus the SPEC §5 error and source headers (original headers kept first)."""
+    """The original value byte-for-byte plus the error and source headers (docs/EVENTS.md); its own headers first."""
     headers: Headers = list(item.headers or [])
     headers += [
         ("error.code", error.code.encode()),

@@ -84,7 +84,7 @@ def producer_config(
         # Uncompressed unless DFP_KAFKA_COMPRESSION_TYPE says otherwise: every client library reads it without codecs.
         "compression.type": "none",
         "linger.ms": 5,  # pipelines many small results into one request without adding visible latency
-        # Any consumed event must fit back out verbatim as a dead letter (SPEC §5).
+        # Any consumed event must fit back out verbatim as a dead letter (docs/EVENTS.md).
         "message.max.bytes": max_message_bytes,
         "client.id": "deepfake-processor",
         "logger": logging.getLogger("librdkafka.producer"),

@@ -63,7 +63,7 @@ CommaInts = Annotated[list[int], NoDecode]
 
 
 class Settings(BaseSettings):
-    """SPEC §3 settings, plus a few tuning knobs (each documented in the README settings table)."""
+    """The settings, plus a few tuning knobs (each documented in the README settings table)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True, validate_default=True
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     output_topic: str = Field("images.deepfake-scores", min_length=1, description="Result topic")
     dlq_topic: str = Field("images.deepfake-dlq", min_length=1, description="Dead-letter topic")
     group_id: str = Field("deepfake-processor", min_length=1, description="Consumer group id")
-    model_dir: Path | None = Field(None, description="Model directory (SPEC §6) or one .onnx file; unset = bundled")
+    model_dir: Path | None = Field(None, description="Model directory (see docs) or one .onnx file; unset = bundled")
     model_variant: Variant = Field(Variant.AUTO, description="fp32, fp16, int8, q4, bnb4 or auto")
     providers: Providers = Field(Providers.AUTO, description="auto (TensorRT→CUDA→CPU), tensorrt, cuda, cpu")
     require_gpu: bool = Field(False, description="Refuse to start when only the CPU provider is available")

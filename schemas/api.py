@@ -1,4 +1,4 @@
-"""Wire shapes of the HTTP API (SPEC §7 and the synchronous /detect API): requests, responses, errors, health."""
+"""Wire shapes of the HTTP API (docs/OPERATIONS.md, docs/EVENTS.md): requests, responses, errors, health."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _no_default(schema: dict[str, Any]) -> None:
 
 
 class DetectRequest(BaseModel):
-    """One image for POST /detect as JSON: the SPEC §4 envelope with `event_id` optional (generated if absent)."""
+    """One image for POST /detect as JSON: the input envelope with `event_id` optional (generated if absent)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -41,7 +41,7 @@ class DetectBatchRequest(BaseModel):
 
 
 class DetectResult(ScoreFields):
-    """A /detect result: the SPEC §5 result without the Kafka-only `source`."""
+    """A /detect result: the result (docs/EVENTS.md) without the Kafka-only `source`."""
 
 
 class ErrorDetail(BaseModel):
@@ -89,7 +89,7 @@ class ModelHealth(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """GET /health (SPEC §7); 200 while serving."""
+    """GET /health (docs/OPERATIONS.md); 200 while serving."""
 
     status: Literal["healthy", "degraded", "unhealthy"]
     service: str

@@ -1,4 +1,4 @@
-"""Wire shapes (SPEC §4 and §5). Nothing else in the project defines a JSON shape."""
+"""Wire shapes (docs/EVENTS.md). Nothing else in the project defines a JSON shape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 MAX_EVENT_ID_CHARS = 256
 
-# Dead-letter headers, in the order they are written (SPEC §5).
+# Dead-letter headers, in the order they are written (docs/EVENTS.md).
 DLQ_HEADERS: tuple[str, ...] = (
     "error.code",
     "error.message",
@@ -23,7 +23,7 @@ DLQ_HEADERS: tuple[str, ...] = (
 
 
 def _integer_valued(value: Any) -> int:
-    # SPEC says "integer-valued": 10 and 10.0 pass; 10.5, NaN, "10" and booleans do not.
+    # The envelope rules say "integer-valued": 10 and 10.0 pass; 10.5, NaN, "10" and booleans do not.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be an integer")
     if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
@@ -75,7 +75,7 @@ class ImageEvent(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """Which model scored the event (sha256 of the loaded ONNX file added to SPEC's name/variant/provider)."""
+    """Which model scored the event (sha256 of the loaded ONNX file added to name/variant/provider)."""
 
     name: str
     variant: str
@@ -127,13 +127,13 @@ class ScoreFields(BaseModel):
 
 
 class ScoreResult(ScoreFields):
-    """The result event (SPEC §5): exactly one per scored input event."""
+    """The result event (docs/EVENTS.md): exactly one per scored input event."""
 
     source: SourceRef
 
 
 class DeadLetterHeaders(BaseModel):
-    """The headers of a dead letter (SPEC §5), as UTF-8 text. The input's own headers come first and are kept."""
+    """The headers of a dead letter (docs/EVENTS.md), as UTF-8 text. The input's own headers come first and are kept."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

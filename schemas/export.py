@@ -1,4 +1,4 @@
-"""JSON Schema files for downstream teams: the input event, the result, and the dead-letter record (SPEC §4, §5)."""
+"""JSON Schema files for downstream teams: the input event, the result, and the dead-letter record (docs/EVENTS.md)."""
 
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ def _parse_cases() -> list[BadCase]:
 
 
 def _schema_cases(small_png: str) -> list[BadCase]:
-    """Well-formed JSON objects that break SPEC §4's envelope rules."""
+    """Well-formed JSON objects that break the envelope rules (docs/EVENTS.md)."""
     return [
         _json("missing_event_id", json.dumps({"image_b64": small_png}).encode(), "invalid_schema"),
         _json("event_id_number", json.dumps({"event_id": 123, "image_b64": small_png}).encode(), "invalid_schema"),

@@ -85,7 +85,7 @@ def headers_of(msg: Message) -> dict[str, str]:
 
 
 def image_event(event_id: str, image: bytes, **fields: Any) -> bytes:
-    """A SPEC §4 JSON envelope carrying `image` as base64."""
+    """A JSON input envelope carrying `image` as base64."""
     return json.dumps({"event_id": event_id, "image_b64": base64.b64encode(image).decode("ascii"), **fields}).encode()
 
 

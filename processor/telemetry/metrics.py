@@ -18,7 +18,7 @@ disable_created_metrics()
 
 @dataclass
 class Metrics:
-    """Every metric the processor exports. Names are part of the contract (SPEC §7, dashboards, alerts)."""
+    """Every metric the processor exports. Names are part of the contract (docs/OPERATIONS.md, dashboards, alerts)."""
 
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
 

@@ -1,4 +1,4 @@
-"""`deepfake-processor demo` (SPEC §2): embedded broker + processor + sample producer, prints outputs, exits 0."""
+"""`deepfake-processor demo` (README): embedded broker + processor + sample producer, prints outputs, exits 0."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP surface (SPEC §7): /readyz gates on Kafka and the model, /health's document, /metrics families move."""
+"""HTTP surface: /readyz gates on Kafka and the model, /health's document, /metrics families move."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End to end on a real broker: every input event becomes exactly one result or one dead letter (SPEC §4, §5)."""
+"""End to end on a real broker: every input event becomes exactly one result or one dead letter (docs/EVENTS.md)."""
 
 from __future__ import annotations
 

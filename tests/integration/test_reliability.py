@@ -347,7 +347,7 @@ def test_kafka_failed_delivery_exits_1_and_never_commits_past_the_event(
 
 
 def build_poison_model(model_dir: Path) -> None:
-    """A SPEC §6 model whose logits are [m, (m+1)/(m+1)] with m = mean(pixel_values).
+    """A model directory (docs/MODELS.md) whose logits are [m, (m+1)/(m+1)] with m = mean(pixel_values).
 
     A black image normalises to m = -1 (mean/std 0.5), so its second logit is 0/0 = NaN; any other image scores.
     """

@@ -1,4 +1,4 @@
-"""CLI exit codes (SPEC §2): a bad setting exits 2 with a message naming it, before anything starts."""
+"""CLI exit codes (README: Commands): a bad setting exits 2 with a message naming it, before anything starts."""
 
 from __future__ import annotations
 

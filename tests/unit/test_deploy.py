@@ -267,7 +267,7 @@ def test_kafka_is_a_single_kraft_node_with_a_healthcheck() -> None:
     assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert not any("ZOOKEEPER" in key for key in env)
     assert kafka["healthcheck"]["test"]
-    # Large images must fit the input and, verbatim, the dead-letter topic (SPEC §5): 20 MiB base64'd is ~27 MiB.
+    # Large images must fit the input and, verbatim, the dead-letter topic (docs/EVENTS.md): 20 MiB base64'd is ~27 MiB.
     assert int(_compose_default(env["KAFKA_MESSAGE_MAX_BYTES"])) >= 28 * 1024 * 1024
 
 

@@ -1,4 +1,4 @@
-"""Input envelopes (SPEC §4): JSON vs raw bytes, event ids, and every refusal with its dead-letter code."""
+"""Input envelopes (docs/EVENTS.md): JSON vs raw bytes, event ids, and every refusal with its dead-letter code."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Logits → probabilities (softmax; sigmoid for one logit) and probabilities → the SPEC §5 label fields."""
+"""Logits → probabilities (softmax; sigmoid for one logit) and probabilities → the result's label fields."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ViT builder: a runnable, deterministic graph in the SPEC §6 layout, and the bundled model is its output."""
+"""The ViT builder: a runnable, deterministic graph in the HF layout, and the bundled model is its output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model resolution (SPEC §6): variant choice, layouts, bare .onnx files, labels and the fake class."""
+"""Model resolution (docs/MODELS.md): variant choice, layouts, bare .onnx files, labels and the fake class."""
 
 from __future__ import annotations
 

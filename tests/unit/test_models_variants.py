@@ -205,7 +205,7 @@ def test_validate_rejects_labels_without_a_fake_class(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (_graph(input_name="input"), "input is named 'input'; SPEC §6 requires 'pixel_values'"),
+        (_graph(input_name="input"), "input is named 'input'; the layout requires 'pixel_values'"),
         (_graph(input_shape=("batch", 3, 224)), r"has rank 3 \(shape \['batch', 3, 224\]\); expected 4"),
         (_graph(input_shape=(1, 3, 224, 224)), "has a fixed batch size 1"),
         (_graph(classes=3), "has 3 classes but config.json id2label has 2 labels"),

@@ -1,4 +1,4 @@
-"""Preprocessing numbers (SPEC §6): RGB order, rescale + normalise, resize/crop shapes, face crops, pixel guard."""
+"""Preprocessing numbers: RGB order, rescale + normalise, resize/crop shapes, face crops, pixel guard."""
 
 from __future__ import annotations
 

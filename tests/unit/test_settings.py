@@ -1,4 +1,4 @@
-"""Settings (SPEC §3): defaults, DFP_* env vars, overrides, comma lists, and errors that name the setting."""
+"""Settings (README: Settings): defaults, DFP_* env vars, overrides, comma lists, and errors that name the setting."""
 
 from __future__ import annotations
 
