@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 from bench.e2e import processor_env
 from bench.kafka import OutputCollector
+from bench.report import machine_info
 from devtools.broker import EmbeddedBroker, create_topics, free_port
 from devtools.produce import make_producer, send
 from devtools.runner import ProcessorProcess
@@ -134,6 +136,7 @@ def run_soak(args: argparse.Namespace) -> int:
             collector.close()
             result_exit = proc.stop()
     result["processor_exit_code"] = result_exit
+    result["machine"] = machine_info(sys.argv)
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +155,13 @@ def _soak(
 
     producer = make_producer(bootstrap, on_delivery=delivered)
     events = _events("soak-")
+    # The maximum: from the first event sent until the backlog's last output is read back (the processor
+    # works while the producer still sends, so timing only the drain after `send` would overstate it).
+    calibration_started = time.monotonic()
     calibration = send(producer, topic, (next(events) for _ in range(args.calibrate_events)))
-    drained_s = _wait_outputs(collector, args.calibrate_events, timeout_s=600)
-    max_rate = args.calibrate_events / drained_s if drained_s else 0.0
+    _wait_outputs(collector, args.calibrate_events, timeout_s=600)
+    drained_s = time.monotonic() - calibration_started
+    max_rate = args.calibrate_events / drained_s
     rate = max(1.0, args.load * max_rate)
     samples: list[Sample] = []
     sent = {"n": int(calibration["sent"])}
