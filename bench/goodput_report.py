@@ -29,7 +29,8 @@ def goodput_tables(result: dict[str, Any], json_name: str | None = None) -> list
     head = "| trace (mean offered rate) | " + " | ".join(NAMES.get(p, p) for p in cols) + " |"
     rule = "|---|" + "---|" * len(cols)
     lines = [f"Saturated rate (fixed, {plan['max_batch_size']} / {fmt(plan['max_batch_wait_ms'])} ms, a backlog of "
-             f"{plan['max_events']} events): **{fmt(max_rate)} events/s**; SLO {fmt(plan['latency_target_ms'])} ms "
+             f"{plan['max_events']} events): **{fmt(max_rate)} events/s** before the traces, "
+             f"{fmt(g.get('max_images_per_s_after'))} after them; SLO {fmt(plan['latency_target_ms'])} ms "
              f"(output − input Kafka timestamps); every policy shares the bounds {plan['max_batch_size']} rows / "
              f"{fmt(plan['max_batch_wait_ms'])} ms and sees the same seeded traces{source}.", "",
              "Goodput, results within the SLO per second (share of the trace's events within it):", "",
@@ -63,7 +64,11 @@ def partitions_lines(result: dict[str, Any], json_name: str | None = None) -> li
             f"ratio **{fmt(p['ratio_1_over_6'], 3)}** (target ≥ 0.9: {met}); 1 partition with "
             f"max.partition.fetch.bytes at 16 MiB {fmt(rates.get('1, 16 MiB fetches'))} events/s, ratio "
             f"{fmt(p.get('ratio_1_big_fetch_over_6'), 3)}; each the mean of {len(p.get('runs', {}).get('1', [1]))} "
-            f"run(s), in A-B-B-A order{source}."]  # fmt: skip
+            f"run(s), in A-B-C-C-B-A order (runs: {_runs(p.get('runs', {}))}){source}."]  # fmt: skip
+
+
+def _runs(runs: dict[str, list[float]]) -> str:
+    return "; ".join(f"{name}: {', '.join(fmt(v) for v in values)}" for name, values in runs.items())
 
 
 def goodput_plot(result: dict[str, Any], path: Path) -> Path | None:
