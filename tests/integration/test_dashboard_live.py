@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tests.deploy_files import alert_exprs, dashboard_exprs, unexported_names
 from tests.procs import processor_env
-from tests.unit.test_deploy import _alert_exprs, _dashboard_exprs, unexported_names
 
 
 def test_dashboard_and_alert_queries_name_metrics_a_running_processor_exports(
@@ -13,6 +13,6 @@ def test_dashboard_and_alert_queries_name_metrics_a_running_processor_exports(
     proc = processor_factory(processor_env(tansu.bootstrap, topic_in, topic_out, dlq, group_id))
     status, body = proc.get("/metrics")
     assert status == 200
-    exprs = _dashboard_exprs() + _alert_exprs()
+    exprs = dashboard_exprs() + alert_exprs()
     assert exprs, "dashboard and alerts have queries"
     assert unexported_names(exprs, body.decode()) == set()

@@ -6,17 +6,36 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from processor.settings import Settings
+from tests.deploy_files import (
+    alert_exprs,
+    alerts,
+    compose,
+    compose_default,
+    compose_service,
+    dashboard_exprs,
+    dashboard_panels,
+    environment,
+    load_dashboard,
+    load_yaml,
+    metric_family,
+    promql_metric_names,
+    promql_recorded_names,
+    rules,
+    seconds,
+    unexported_names,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -31,141 +50,6 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
 TOPICS = ("images.uploaded", "images.deepfake-scores", "images.deepfake-dlq")
 PROMTOOL_MISSING = "promtool not installed (Debian package prometheus)"
-
-
-# ---- reusable helpers (also for a test against a live /metrics) -------------------------------------------
-
-_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_DEEPFAKE_NAME = re.compile(r"(?<![A-Za-z0-9_:])deepfake_[a-z0-9_]+")
-_RECORDED_NAME = re.compile(r"(?<![A-Za-z0-9_:])deepfake:[a-z0-9_:]+")
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """The `deepfake_*` series names a PromQL expression reads, as written (`..._bucket`, `..._total` kept).
-
-    String literals are dropped first, so label values such as `{code="deepfake_x"}` never count.
-    """
-    return set(_DEEPFAKE_NAME.findall(_STRING_LITERAL.sub('""', expr)))
-
-
-def promql_recorded_names(expr: str) -> set[str]:
-    """The `deepfake:*` recording-rule names a PromQL expression reads."""
-    return set(_RECORDED_NAME.findall(_STRING_LITERAL.sub('""', expr)))
-
-
-def exported_families(exposition: str) -> dict[str, str]:
-    """Family name -> type ("counter", "histogram", ...) of a Prometheus text exposition (e.g. /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {family.name: family.type for family in text_string_to_metric_families(exposition)}
-
-
-_SUFFIXES_BY_TYPE = {
-    "counter": ("_total",),
-    "histogram": ("_bucket", "_sum", "_count"),
-    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
-    "summary": ("_sum", "_count"),
-}
-
-
-def metric_family(series_name: str, families: dict[str, str]) -> str | None:
-    """The exported family a series name belongs to (`x_bucket` -> histogram `x`, `x_total` -> counter `x`)."""
-    if series_name in families:
-        return series_name
-    for family, kind in families.items():
-        for suffix in _SUFFIXES_BY_TYPE.get(kind, ()):
-            if series_name == family + suffix:
-                return family
-    return None
-
-
-def unexported_names(exprs: list[str], exposition: str) -> set[str]:
-    """Every `deepfake_*` name read by `exprs` that no family of `exposition` exports."""
-    families = exported_families(exposition)
-    return {name for expr in exprs for name in promql_metric_names(expr) if metric_family(name, families) is None}
-
-
-# ---- loading ---------------------------------------------------------------------------------------------
-
-
-class _ComposeLoader(yaml.SafeLoader):
-    """Safe YAML plus Compose's merge tags (`!reset`, `!override`) used by the override files."""
-
-
-_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
-_ComposeLoader.add_constructor(
-    "!override",
-    lambda loader, node: (
-        loader.construct_sequence(node)
-        if isinstance(node, yaml.SequenceNode)
-        else loader.construct_mapping(node)
-        if isinstance(node, yaml.MappingNode)
-        else loader.construct_scalar(node)
-    ),
-)
-
-
-def _yaml(path: Path) -> Any:
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_ComposeLoader)
-
-
-@cache
-def _compose() -> dict[str, Any]:
-    return _yaml(COMPOSE)
-
-
-def _service(name: str) -> dict[str, Any]:
-    return _compose()["services"][name]
-
-
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {key: str(value) for key, value in env.items()}
-
-
-def _compose_default(value: str) -> str:
-    """`${NAME:-default}` -> default; anything else unchanged."""
-    match = re.fullmatch(r"\$\{[A-Z0-9_]+:?-([^}]*)\}", value)
-    return match.group(1) if match else value
-
-
-def _seconds(duration: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration))
-
-
-@cache
-def _rules() -> list[dict[str, Any]]:
-    return [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
-
-
-def _alerts() -> list[dict[str, Any]]:
-    return [rule for rule in _rules() if "alert" in rule]
-
-
-@cache
-def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
-
-
-def _dashboard_panels() -> Iterator[dict[str, Any]]:
-    for panel in _dashboard()["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # collapsed rows nest their panels
-
-
-def _dashboard_exprs() -> list[str]:
-    exprs = [t["expr"] for p in _dashboard_panels() for t in p.get("targets", []) if t.get("expr")]
-    for variable in _dashboard().get("templating", {}).get("list", []):
-        query = variable.get("query")
-        exprs.append(query.get("query", "") if isinstance(query, dict) else str(query or ""))
-    return exprs
-
-
-def _alert_exprs() -> list[str]:
-    return [str(rule["expr"]) for rule in _rules()]
 
 
 def _panel_table_module() -> ModuleType:
@@ -202,6 +86,8 @@ def _kubernetes(kind: str) -> dict[str, Any]:
 def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
+        if os.environ.get("CI") == "true":  # .ci/run installs it: in CI a missing promtool is a failure
+            pytest.fail(PROMTOOL_MISSING + "; .ci/run installs it (apt-get install prometheus)")
         pytest.skip(PROMTOOL_MISSING)
     return path
 
@@ -240,14 +126,14 @@ def test_every_metric_in_the_dashboard_and_alerts_is_exported_by_the_processor()
     from processor.telemetry.metrics import Metrics
 
     exposition = generate_latest(Metrics().registry).decode()
-    exprs = _dashboard_exprs() + _alert_exprs()
+    exprs = dashboard_exprs() + alert_exprs()
     assert any(promql_metric_names(e) for e in exprs)
     assert unexported_names(exprs, exposition) == set()
 
 
 def test_every_recorded_name_used_is_defined_by_a_recording_rule() -> None:
-    recorded = {rule["record"] for rule in _rules() if "record" in rule}
-    used = {name for expr in _dashboard_exprs() + _alert_exprs() for name in promql_recorded_names(expr)}
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
+    used = {name for expr in dashboard_exprs() + alert_exprs() for name in promql_recorded_names(expr)}
     assert used <= recorded
 
 
@@ -255,12 +141,12 @@ def test_every_recorded_name_used_is_defined_by_a_recording_rule() -> None:
 
 
 def test_compose_runs_kafka_topic_init_processor_prometheus_and_grafana() -> None:
-    assert {"kafka", "topic-init", "processor", "prometheus", "grafana"} <= set(_compose()["services"])
+    assert {"kafka", "topic-init", "processor", "prometheus", "grafana"} <= set(compose()["services"])
 
 
 def test_kafka_is_a_single_kraft_node_with_a_healthcheck() -> None:
-    kafka = _service("kafka")
-    env = _environment(kafka)
+    kafka = compose_service("kafka")
+    env = environment(kafka)
     assert kafka["image"] == "apache/kafka:4.1.0"
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@kafka:")
@@ -268,13 +154,13 @@ def test_kafka_is_a_single_kraft_node_with_a_healthcheck() -> None:
     assert not any("ZOOKEEPER" in key for key in env)
     assert kafka["healthcheck"]["test"]
     # Large images must fit the input and, verbatim, the dead-letter topic (docs/EVENTS.md): 20 MiB base64'd is ~27 MiB.
-    assert int(_compose_default(env["KAFKA_MESSAGE_MAX_BYTES"])) >= 28 * 1024 * 1024
+    assert int(compose_default(env["KAFKA_MESSAGE_MAX_BYTES"])) >= 28 * 1024 * 1024
 
 
 def test_topic_init_creates_the_three_topics_once_kafka_is_healthy() -> None:
-    init = _service("topic-init")
+    init = compose_service("topic-init")
     script = " ".join(init["command"]) if isinstance(init["command"], list) else init["command"]
-    assert init["image"] == _service("kafka")["image"]
+    assert init["image"] == compose_service("kafka")["image"]
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert "/opt/kafka/bin/kafka-topics.sh" in script
     assert "--if-not-exists" in script
@@ -283,7 +169,7 @@ def test_topic_init_creates_the_three_topics_once_kafka_is_healthy() -> None:
 
 
 def test_processor_reserves_one_gpu_waits_for_topics_and_checks_readyz() -> None:
-    processor = _service("processor")
+    processor = compose_service("processor")
     (device,) = processor["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
     assert device["count"] == 1
@@ -296,20 +182,20 @@ def test_processor_reserves_one_gpu_waits_for_topics_and_checks_readyz() -> None
 
 
 def test_processor_settings_point_at_the_compose_kafka_and_topics() -> None:
-    env = _environment(_service("processor"))
+    env = environment(compose_service("processor"))
     assert env["DFP_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert (env["DFP_INPUT_TOPIC"], env["DFP_OUTPUT_TOPIC"], env["DFP_DLQ_TOPIC"]) == TOPICS
     assert env["DFP_GROUP_ID"] == "deepfake-processor"
 
 
 def test_processor_gets_more_stop_time_than_its_shutdown_timeout() -> None:
-    processor = _service("processor")
-    shutdown_s = float(_compose_default(_environment(processor)["DFP_SHUTDOWN_TIMEOUT_S"]))
-    assert _seconds(processor["stop_grace_period"]) > shutdown_s
+    processor = compose_service("processor")
+    shutdown_s = float(compose_default(environment(processor)["DFP_SHUTDOWN_TIMEOUT_S"]))
+    assert seconds(processor["stop_grace_period"]) > shutdown_s
 
 
 def test_compose_bind_mounts_exist_in_the_repository() -> None:
-    for name, service in _compose()["services"].items():
+    for name, service in compose()["services"].items():
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
             if source.startswith("./"):
@@ -317,8 +203,8 @@ def test_compose_bind_mounts_exist_in_the_repository() -> None:
 
 
 def test_prometheus_and_grafana_mount_the_deploy_configuration() -> None:
-    prometheus = " ".join(_service("prometheus")["volumes"])
-    grafana = " ".join(_service("grafana")["volumes"])
+    prometheus = " ".join(compose_service("prometheus")["volumes"])
+    grafana = " ".join(compose_service("grafana")["volumes"])
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in prometheus
     assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml" in prometheus
     assert "./deploy/grafana/provisioning/datasources:/etc/grafana/provisioning/datasources" in grafana
@@ -327,14 +213,14 @@ def test_prometheus_and_grafana_mount_the_deploy_configuration() -> None:
 
 
 def test_cpu_override_drops_the_gpu_reservation_and_builds_the_cpu_image() -> None:
-    processor = _yaml(ROOT / "deploy" / "compose" / "cpu.yml")["services"]["processor"]
+    processor = load_yaml(ROOT / "deploy" / "compose" / "cpu.yml")["services"]["processor"]
     assert processor["build"]["args"]["VARIANT"] == "cpu"
     assert processor["deploy"] is None  # `!reset`
     assert processor["environment"]["DFP_PROVIDERS"] == "cpu"
 
 
 def test_real_model_override_mounts_a_host_directory_at_models() -> None:
-    processor = _yaml(ROOT / "deploy" / "compose" / "real-model.yml")["services"]["processor"]
+    processor = load_yaml(ROOT / "deploy" / "compose" / "real-model.yml")["services"]["processor"]
     (mount,) = processor["volumes"]
     assert mount["target"] == "/models"
     assert mount["read_only"] is True
@@ -342,10 +228,9 @@ def test_real_model_override_mounts_a_host_directory_at_models() -> None:
 
 
 def test_every_dfp_variable_in_the_deployments_is_a_setting() -> None:
-    settings = pytest.importorskip("processor.settings", reason="processor/settings.py not written yet")
-    fields = set(settings.Settings.model_fields)
-    names = set(_environment(_service("processor")))
-    names |= set(_yaml(ROOT / "deploy" / "compose" / "real-model.yml")["services"]["processor"]["environment"])
+    fields = set(Settings.model_fields)
+    names = set(environment(compose_service("processor")))
+    names |= set(load_yaml(ROOT / "deploy" / "compose" / "real-model.yml")["services"]["processor"]["environment"])
     container = _kubernetes("Deployment")["spec"]["template"]["spec"]["containers"][0]
     names |= {item["name"] for item in container["env"]}
     unknown = {
@@ -413,7 +298,7 @@ def test_dockerignore_lets_in_every_copied_source_and_keeps_out_the_rest() -> No
 
 
 def test_prometheus_scrapes_the_processor_job_that_the_alerts_select() -> None:
-    config = _yaml(PROMETHEUS)
+    config = load_yaml(PROMETHEUS)
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "deepfake-processor"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert [sd["port"] for sd in job["dns_sd_configs"]] == [8007]
@@ -437,7 +322,7 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     promtool = _promtool()
     rules = [
         {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "5m").replace("$instance", ".*")}
-        for i, expr in enumerate(_dashboard_exprs())
+        for i, expr in enumerate(dashboard_exprs())
         if not expr.startswith("label_values(")
     ]
     path = tmp_path / "dashboard_rules.yml"
@@ -447,7 +332,7 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
 
 
 def test_the_expected_alerts_exist() -> None:
-    names = [rule["alert"] for rule in _alerts()]
+    names = [rule["alert"] for rule in alerts()]
     assert len(names) == len(set(names))
     assert {
         "DeepfakeConsumerLagGrowing",
@@ -458,7 +343,7 @@ def test_the_expected_alerts_exist() -> None:
         "DeepfakeGpuMemoryHigh",
         "DeepfakeProcessorStalled",
     } <= set(names)
-    exprs = {rule["alert"]: str(rule["expr"]) for rule in _alerts()}
+    exprs = {rule["alert"]: str(rule["expr"]) for rule in alerts()}
     assert 'deepfake_stage_latency_seconds_bucket{stage="end_to_end"}' in exprs["DeepfakeEndToEndLatencyHigh"]
     assert "deriv(" in exprs["DeepfakeConsumerLagGrowing"]
     assert "deepfake_gpu_memory_total_bytes" in exprs["DeepfakeGpuMemoryHigh"]
@@ -466,7 +351,7 @@ def test_the_expected_alerts_exist() -> None:
 
 def test_every_alert_has_severity_summary_description_and_a_runbook_anchor_in_operations_md() -> None:
     anchors = _operations_anchors()
-    for rule in _alerts():
+    for rule in alerts():
         annotations = rule.get("annotations", {})
         assert {"summary", "description", "runbook_url"} <= set(annotations), rule["alert"]
         assert rule.get("labels", {}).get("severity") in {"warning", "critical"}, rule["alert"]
@@ -479,11 +364,11 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_anchor_in_op
 
 
 def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
-    dashboard = _dashboard()
-    (datasource,) = _yaml(GRAFANA_PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
+    dashboard = load_dashboard()
+    (datasource,) = load_yaml(GRAFANA_PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
     assert dashboard["schemaVersion"] >= 39
     assert dashboard["uid"] and dashboard["title"]
-    panels = list(_dashboard_panels())
+    panels = list(dashboard_panels())
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
         if panel["type"] == "row":
@@ -495,8 +380,8 @@ def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
 
 
 def test_dashboard_shows_what_operators_need() -> None:
-    titles = {p["title"] for p in _dashboard_panels()}
-    text = json.dumps(_dashboard())
+    titles = {p["title"] for p in dashboard_panels()}
+    text = json.dumps(load_dashboard())
     assert {"Throughput", "Dead letters by code", "Fake ratio by label", "Batch size distribution"} <= titles
     assert {"Per-stage latency p50 / p95 / p99", "End-to-end p99 vs SLO", "Consumer lag per partition"} <= titles
     assert {"In-flight events and backpressure", "Readiness by instance", "Model", "GPU memory"} <= titles
@@ -505,15 +390,15 @@ def test_dashboard_shows_what_operators_need() -> None:
 
 
 def test_dashboard_provisioning_points_at_the_mounted_dashboards() -> None:
-    (provider,) = _yaml(GRAFANA_PROVISIONING / "dashboards" / "deepfake-processor.yml")["providers"]
-    mounts = dict(v.split(":")[:2] for v in _service("grafana")["volumes"] if v.startswith("./"))
+    (provider,) = load_yaml(GRAFANA_PROVISIONING / "dashboards" / "deepfake-processor.yml")["providers"]
+    mounts = dict(v.split(":")[:2] for v in compose_service("grafana")["volumes"] if v.startswith("./"))
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
 
 
 def test_operations_md_lists_the_dashboard_panels_as_they_are_in_the_json() -> None:
     panel_table = _panel_table_module()
     document = OPERATIONS.read_text(encoding="utf-8")
-    expected = panel_table.splice(document, panel_table.render(_dashboard()))
+    expected = panel_table.splice(document, panel_table.render(load_dashboard()))
     assert document == expected, "run: python deploy/grafana/panel_table.py --write"
 
 
@@ -551,7 +436,7 @@ def test_scaled_object_scales_the_deployment_on_its_own_group_lag_up_to_the_part
     assert metadata["bootstrapServers"] == env["DFP_BOOTSTRAP_SERVERS"]
     assert int(metadata["lagThreshold"]) > 0
     # Partitions >= instances: replicas beyond the partition count would idle, each holding a GPU.
-    init = _service("topic-init")
+    init = compose_service("topic-init")
     script = " ".join(init["command"]) if isinstance(init["command"], list) else init["command"]
     partitions = re.search(r"\$\{PARTITIONS:-(\d+)\}", script)
     assert partitions is not None
@@ -563,8 +448,8 @@ TRT_CACHE = "/var/cache/deepfake-processor/trt"
 
 
 def test_compose_keeps_the_tensorrt_cache_on_a_named_volume_at_dfp_trt_cache_dir() -> None:
-    processor = _service("processor")
-    assert _environment(processor)["DFP_TRT_CACHE_DIR"] == TRT_CACHE
+    processor = compose_service("processor")
+    assert environment(processor)["DFP_TRT_CACHE_DIR"] == TRT_CACHE
     assert f"trt-cache:{TRT_CACHE}" in processor["volumes"]
     assert "trt-cache" in yaml.safe_load(COMPOSE.read_text())["volumes"]
 
