@@ -15,6 +15,7 @@ from collections import Counter
 
 import pytest
 
+from processor.settings import MiB
 from tests.brokers import Cluster, TopicFactory
 from tests.corpus import jpeg_bytes
 from tests.integration.conftest import ProcessorFactory
@@ -32,7 +33,6 @@ from tests.procs import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-MiB = 1024 * 1024
 STOCK_MAX_MESSAGE_BYTES = "1048588"  # Kafka's default topic limit (the broker's own default here may be higher)
 
 
