@@ -14,12 +14,12 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
 - `slo` (ours): `SloController`'s size/wait law against the p99 target, and an overload rule Kafka needs.
   An HTTP server sheds load by refusing requests (BentoML cancels those predicted to miss, Clockwork drops
   them); a Kafka event cannot be refused, only scored late, and it must not make the events behind it late
-  too. So ours sorts the head of the queue three ways: predicted to miss even if scored now, while recent p99
-  is over the target (an overload, not a lone straggler) — it is lost anyway, so it goes in the batch that
-  costs least per image: MAX_BATCH_SIZE rows, waiting up to MAX_BATCH_WAIT_MS to fill it (on a CPU every
-  batch of one takes cores from decode; the goodput bench saw fixed batching's fuller batches win bursts);
-  at risk (80 % of the target spent, counting its predicted inference) but still able to make it — it goes
-  now, never waiting for a fuller batch; otherwise the controller's limit and wait.
+  too. So a head at risk (80 % of the target spent, counting its predicted inference) never waits for a
+  fuller batch: it goes now, up to the law's limit. And a head that is lost (it misses even if scored now)
+  while recent p99 is over the target (an overload, not a lone straggler) with a backlog behind it (the
+  limit's worth of rows ready) goes in the largest batch the bounds allow, the cheapest per image, so the
+  backlog clears fastest instead of in small batches that make everyone late. Waiting to fill that batch
+  was tried and measured worse: it delays the punctual events that join it.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head m
 
 
 class SloPolicy(BatchPolicy):
-    """Ours: SloController's limit and wait; an at-risk head goes now; a lost one goes in the cheapest batch."""
+    """Ours: SloController's limit and wait; an at-risk head goes now; a backlog behind a lost one, in the largest."""
 
     name = PolicyName.SLO
     learns = True
@@ -211,19 +211,16 @@ class SloPolicy(BatchPolicy):
         self.late_batches = 0  # batches sent under the overload rules (a gauge for tests and the bench)
 
     def decide(self, q: QueueState) -> Decision:
-        """Lost head in an overload: the most efficient batch; at-risk head: now; else the controller's law."""
+        """At-risk or lost head: go now, the largest batch if a backlog stands behind a lost one; else the law."""
         c = self.controller
         self.limit, self.wait_s = c.limit, c.wait_s
         finish = q.head_age_s + c.predicted_inference_s(min(q.rows, c.limit))
-        if finish > c.target_s and c.over_target:
-            if q.rows >= self.max_batch_size or q.oldest_wait_s >= c.wait_bound_s:
-                self.late_batches += 1
-                return Decision(self.max_batch_size)
-            return Decision(0, c.wait_bound_s - q.oldest_wait_s, self.max_batch_size)
-        if finish > AT_RISK * c.target_s:
-            self.late_batches += 1
-            return Decision(self.limit)
-        return super().decide(q)
+        if finish <= AT_RISK * c.target_s:
+            return super().decide(q)
+        self.late_batches += 1
+        if finish > c.target_s and c.over_target and q.rows >= self.limit:
+            return Decision(self.max_batch_size)
+        return Decision(self.limit)
 
     def observe(
         self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0

@@ -48,7 +48,6 @@ class SloController:
         self.target_s = target_s
         self._clock = clock
         self.max_batch_size = max_batch_size
-        self.wait_bound_s = max_wait_s  # MAX_BATCH_WAIT_MS itself: the policy's overload rule may wait this long
         self.max_wait_s = min(max_wait_s, WAIT_BUDGET * target_s)
         self.over_target = False  # the last adjustment saw p99 above the target
         self.limit = max_batch_size
