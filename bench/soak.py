@@ -1,7 +1,7 @@
 """`deepfake-processor soak`: a long run at a fraction of the measured maximum, watching for leaks and loss.
 
-The processor runs as a subprocess against the embedded broker. First a backlog is drained to measure the
-maximum rate; then a paced producer holds `--load` of it for `--minutes`, while every `--sample-s` the
+The processor runs as a subprocess against Apache Kafka (or the embedded broker). First a backlog is drained
+to measure the maximum rate; then a paced producer holds `--load` of it for `--minutes`, while every `--sample-s` the
 processor's RSS, threads and open file descriptors (from /proc) and the backlog (events sent − outputs
 read back) are sampled. At the end every input offset must have exactly one output. Growth compares the
 median of the samples just after warm-up with the median of the last ones.
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import processor_env
+from bench.goodput import broker
 from bench.kafka import OutputCollector
 from bench.report import machine_info
-from devtools.broker import EmbeddedBroker, create_topics, free_port
+from devtools.broker import create_topics, free_port
 from devtools.produce import make_producer, send
 from devtools.runner import ProcessorProcess
 from devtools.samples import SampleEvent, sample_events
@@ -46,6 +47,8 @@ def register(sub: Any) -> None:
     p.add_argument("--warmup-s", type=float, default=120.0, help="samples before this are warm-up")
     p.add_argument("--calibrate-events", type=int, default=3000, help="backlog drained to measure the maximum")
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                   help="Apache Kafka (default; Java 17 + Maven) or the embedded broker")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
     p.set_defaults(handler=run_soak)
 
@@ -120,23 +123,24 @@ def _wait_outputs(collector: OutputCollector, total: int, timeout_s: float) -> f
 def run_soak(args: argparse.Namespace) -> int:
     """Run the soak and print (and optionally write) its figures; 1 when an event was lost."""
     workdir = Path(tempfile.mkdtemp(prefix="dfp-soak-"))
-    with EmbeddedBroker(free_port(), log_path=workdir / "broker.log") as broker:
+    with broker(args.broker, workdir) as (bootstrap, _):
         run_id = uuid.uuid4().hex[:8]
         topics = (f"soak-in-{run_id}", f"soak-out-{run_id}", f"soak-dlq-{run_id}")
-        create_topics(broker.bootstrap, topics, partitions=args.partitions)
+        create_topics(bootstrap, topics, partitions=args.partitions)
         port = free_port()
-        settings = load_settings({"bootstrap_servers": broker.bootstrap})
+        settings = load_settings({"bootstrap_servers": bootstrap})
         env = processor_env(settings, topics, f"soak-{run_id}", port)
         proc = ProcessorProcess(env, workdir / "processor.log", port).start()
-        collector = OutputCollector(broker.bootstrap, topics[1:], args.partitions)
+        collector = OutputCollector(bootstrap, topics[1:], args.partitions)
         try:
             proc.wait_ready()
-            result = _soak(args, broker.bootstrap, topics[0], proc, collector)
+            result = _soak(args, bootstrap, topics[0], proc, collector)
         finally:
             collector.close()
             result_exit = proc.stop()
     result["processor_exit_code"] = result_exit
     result["machine"] = machine_info(sys.argv)
+    result["broker"] = args.broker
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

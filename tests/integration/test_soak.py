@@ -14,7 +14,7 @@ def test_soak_samples_rss_threads_fds_and_backlog_and_loses_nothing(tmp_path: Pa
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "processor", "soak", "--minutes", "0.15", "--sample-s", "1", "--warmup-s", "2",
-         "--calibrate-events", "200", "--json", str(out)],
+         "--calibrate-events", "200", "--broker", "tansu", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
