@@ -58,6 +58,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """`models build`: write a seeded random-weight ViT directory (and, asked, its variants)."""
     with _models_extra():
         from models.builder import build_model_dir
 
@@ -74,6 +75,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
+    """`models variants`: derive fp16/int8/q4/bnb4 files next to a directory's fp32 model."""
     with _models_extra():  # the quantizers import onnx_ir and friends lazily, so the loop is inside too
         from models.variants import derive_variants, parse_only
 
@@ -86,6 +88,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """`models inspect`: a table (and optional JSON) of every variant's size, signature and speed."""
     with _models_extra():
         from models.inspect import format_table, inspect_model_dir, write_json
 
@@ -108,6 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """`models validate`: check that a directory would serve; exit 0 with one ok line, else 2."""
     from models.validate import validate_model_dir
 
     print(validate_model_dir(args.dir, args.variant, args.fake_label).line())

@@ -40,6 +40,7 @@ class ModelSummary:
     variants: tuple[str, ...]
 
     def line(self) -> str:
+        """One printable line: the variant, its file and what is wrong (or ok)."""
         shape = ",".join(str(d) for d in self.input_shape)
         return (
             f"OK {self.path}: variants {', '.join(self.variants)}; input {INPUT_NAME} [{shape}] float32; "

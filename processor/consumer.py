@@ -235,8 +235,11 @@ class StreamLoop:
         self.metrics.commits.inc()
 
     def _transaction_aborted(self, exc: TransactionAborted, events: int) -> None:
-        """Re-queue an aborted transaction's events; the next loop iterations (after poll() has served the
-        rebalance, dropping revoked partitions) release them again with fresh group metadata."""
+        """Re-queue an aborted transaction's events for the next transaction.
+
+        The next loop iterations (after poll() has served the rebalance, dropping revoked partitions) release
+        them again with fresh group metadata.
+        """
         self.tracker.unrelease()
         now = time.monotonic()
         first = self._aborted_since is None

@@ -50,6 +50,7 @@ class Labels:
     threshold: float
 
     def fields(self, probs: Sequence[float]) -> tuple[str, bool, float, dict[str, float]]:
+        """(label, is_fake, fake_score, scores by label) of one row of probabilities."""
         fake_score = float(probs[self.fake_index])
         is_fake = fake_score >= self.threshold
         if is_fake:

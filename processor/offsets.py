@@ -40,6 +40,7 @@ class OffsetTracker:
         return self._count
 
     def assign(self, tp: TopicPartition) -> None:
+        """Start tracking a newly assigned partition."""
         self._parts.setdefault(tp, PartitionLog())
 
     def revoke(self, tp: TopicPartition) -> list[InFlight]:
@@ -52,6 +53,7 @@ class OffsetTracker:
         return dropped
 
     def admit(self, item: InFlight) -> None:
+        """Track a consumed event (offsets of a partition arrive in increasing order)."""
         part = self._parts.setdefault((item.topic, item.partition), PartitionLog())
         part.waiting.append(item)
         self._count += 1
@@ -95,6 +97,7 @@ class OffsetTracker:
         }
 
     def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Record what the coordinator now holds, so those offsets are not sent again."""
         for tp, offset in offsets.items():
             part = self._parts.get(tp)
             if part is not None:

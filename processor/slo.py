@@ -63,8 +63,11 @@ class SloController:
     def observe(
         self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
     ) -> None:
-        """Record one scored batch: its events' end-to-end latencies so far, how full it was, its inference
-        time, and how long its events waited in the batcher on average."""
+        """Record one scored batch.
+
+        Its events' end-to-end latencies so far, how full it was, its inference time, and how long its events
+        waited in the batcher on average.
+        """
         with self._lock:
             self._latencies.extend(latencies_s)
             self._fills.append(batch_rows / max(1, self.limit))

@@ -52,6 +52,7 @@ def splice(document: str, table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the dashboard's panel table; --write updates docs/OPERATIONS.md, --check exits 1 when it is stale."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="update docs/OPERATIONS.md in place")

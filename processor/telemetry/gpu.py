@@ -175,6 +175,7 @@ class GpuMonitor:
             self.poll_once()
 
     def stop(self) -> None:
+        """Stop the poller thread."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(self.interval_s + 1.0)
