@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.plot import save_figure
 from bench.report import fmt
 
 NAMES = {"fixed": "fixed", "triton": "triton", "cork": "cork (BentoML)", "aimd": "aimd (Clipper)",
@@ -97,10 +98,5 @@ def goodput_plot(result: dict[str, Any], path: Path) -> Path | None:
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     m = result["machine"]
-    fig.suptitle(f"{result['settings']['label']} — batching policies on Apache Kafka; {m['cpu_model']}, "
-                 f"{m['cores']} cores", fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    title = f"{result['settings']['label']} — batching policies on Apache Kafka; {m['cpu_model']}, {m['cores']} cores"
+    return save_figure(fig, title, path)

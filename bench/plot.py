@@ -36,8 +36,15 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     left.set_xticks([1, 2, 4, 8, 16, 32, 64], labels=["1", "2", "4", "8", "16", "32", "64"])
     left.legend(fontsize=7)
     _latency_plot(right, result.get("latency") or {}, result.get("slo"))
-    fig.suptitle(f"{result['settings']['label']} — {result['machine']['cpu_model']}, {result['machine']['cores']} "
-                 f"cores, GPU {result['machine']['gpu']}", fontsize=9)  # fmt: skip
+    title = f"{result['settings']['label']} — {result['machine']['cpu_model']}, {result['machine']['cores']} cores"
+    return save_figure(fig, f"{title}, GPU {result['machine']['gpu']}", path)
+
+
+def save_figure(fig: Any, title: str, path: Path) -> Path:
+    """Title the figure, lay it out, write it as a PNG at `path` (folders made) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -139,7 +139,7 @@ def derive(model_dir: Path, variants: Sequence[str]) -> None:
 
     out = model_dir / "onnx" / "model_int8.onnx"
     partial = out.with_suffix(".partial.onnx")
-    # Signed int8 weights: 1.7x faster than uint8 on the CPU FACTS.md measured, same accuracy.
+    # Signed int8 weights: 1.7x faster than uint8 on the x86 CPUs measured, same accuracy.
     quantize_dynamic(find_variants(model_dir)["fp32"], partial, weight_type=QuantType.QInt8)
     partial.rename(out)
 
