@@ -107,3 +107,11 @@ def topic_factory() -> TopicFactory:
 def group_id() -> str:
     """A consumer group id no other test uses."""
     return f"g-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def no_dfp_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DFP_* variable of the caller's shell leaks into an in-process command (the bench reads settings)."""
+    for name in list(os.environ):
+        if name.upper().startswith("DFP_"):
+            monkeypatch.delenv(name)

@@ -337,3 +337,19 @@ class OutputWatcher:
         self._stop.set()
         self._thread.join(10)
         self._consumer.close()
+
+
+def run_bench(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    """`deepfake-processor bench --quick` into tmp_path: (the result JSON, the Markdown file it updated).
+
+    The Markdown starts with hand-written text around an old generated section, to show it is kept.
+    """
+    from processor.cli import main
+
+    out, md = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nAnalysis written by hand.\n\n<!-- bench:vit-tiny:begin -->\nold\n"
+                  "<!-- bench:vit-tiny:end -->\n\nMore analysis.\n")  # fmt: skip
+    code = main(["bench", "--quick", "--no-progress", "--json", str(out), "--markdown", str(md),
+                 "--plot-dir", str(tmp_path / "img"), *extra])  # fmt: skip
+    assert code == 0
+    return json.loads(out.read_text()), md.read_text()

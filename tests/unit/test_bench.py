@@ -6,7 +6,6 @@ Smoke runs only (`--quick`): no wall-clock figure is asserted beyond "measured a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from bench.report import ratios, slo_table, targets, write_section
 from bench.workload import iter_events, relabelled
-from processor.cli import main
+from tests.procs import run_bench
 
 FIXED_KEYS = (
     "decode_only_images_per_s",
@@ -32,25 +31,11 @@ FIXED_KEYS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_dfp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("DFP_"):
-            monkeypatch.delenv(name)
-
-
-def _bench(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
-    out, md = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
-    md.write_text("# Benchmarks\n\nAnalysis written by hand.\n\n<!-- bench:vit-tiny:begin -->\nold\n"
-                  "<!-- bench:vit-tiny:end -->\n\nMore analysis.\n")  # fmt: skip
-    code = main(["bench", "--quick", "--no-progress", "--json", str(out), "--markdown", str(md),
-                 "--plot-dir", str(tmp_path / "img"), *extra])  # fmt: skip
-    assert code == 0
-    return json.loads(out.read_text()), md.read_text()
+pytestmark = pytest.mark.usefixtures("no_dfp_env")
 
 
 def test_quick_bench_without_kafka_writes_fixed_keys_and_markdown_table(tmp_path: Path) -> None:
-    result, md = _bench(tmp_path, "--skip", "pipeline,baseline,e2e,latency,slo", "--batch-sizes", "1,4")
+    result, md = run_bench(tmp_path, "--skip", "pipeline,baseline,e2e,latency,slo", "--batch-sizes", "1,4")
     assert all(key in result for key in FIXED_KEYS)
     assert result["decode_only_images_per_s"] > 0
     rates = result["model_only_images_per_s"]["fp32"]
@@ -61,28 +46,6 @@ def test_quick_bench_without_kafka_writes_fixed_keys_and_markdown_table(tmp_path
     assert "| decode only |" in md and "b=4" in md and "old" not in md
     assert md.startswith("# Benchmarks\n\nAnalysis written by hand.") and md.rstrip().endswith("More analysis.")
     assert (tmp_path / "img" / "bench-vit-tiny.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_quick_bench_through_the_embedded_broker_measures_every_stage(tmp_path: Path) -> None:
-    result, md = _bench(tmp_path, "--batch-sizes", "1,8", "--partitions", "1")
-    for key in ("decode_only_images_per_s", "pipeline_ceiling_images_per_s", "e2e_images_per_s",
-                "baseline_images_per_s", "peak_rss_mb"):  # fmt: skip
-        assert result[key] > 0, key
-    assert set(result["latency"]) == {"25", "50", "75"}
-    for row in result["latency"].values():
-        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
-    assert all(value is not None and value > 0 for value in result["ratios"].values())
-    assert isinstance(result["targets_met"]["e2e_ge_2x_baseline"], bool)
-    assert "end to end (Kafka)" in md and "p99" in md
-    slo = result["slo"]
-    assert set(slo["configs"]) == {"fixed", "slo"} and slo["plan"]["latency_target_ms"] >= 50
-    for config in slo["configs"].values():
-        assert config["images_per_s"] > 0 and set(config["latency"]) == {"50", "75"}
-        assert all(row["events"] > 0 and row["p99_ms"] > 0 for row in config["latency"].values())
-    assert slo["configs"]["slo"]["final_batch_limit"] >= 1  # the controller's gauge, scraped from /metrics
-    assert isinstance(result["targets_met"]["slo_p99_le_target_at_75pct_load"], bool)
-    assert "SLO-adaptive" in md
 
 
 def test_ratios_and_targets_follow_the_measured_rates() -> None:

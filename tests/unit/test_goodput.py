@@ -5,9 +5,6 @@ Smoke runs only: no wall-clock figure is asserted beyond "measured and positive"
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,17 +12,12 @@ import pytest
 
 from bench.goodput import GoodputPlan, bursty_trace, poisson_trace, traces
 from bench.goodput_report import goodput_tables, partitions_lines
-from processor.cli import main
 
 PLAN = GoodputPlan(max_batch_size=64, max_batch_wait_ms=50.0, latency_target_ms=100.0, samples=2000,
                    max_events=100, warm_up_s=1.0, burst_mean_pct=40.0, burst_on_s=1.0)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _no_dfp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("DFP_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_dfp_env")
 
 
 def test_every_policy_replays_the_same_arrivals_from_one_seed() -> None:
@@ -71,27 +63,3 @@ def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json(
     assert "| bursty, mean 40 %, 3x peaks (80.0/s) | 10 / 300 (b=4.00) | 10 / 90 (b=4.00) |" in table
     assert "`docs/bench/goodput.json`" in table and "Samples per cell: 1000 events" in table
     assert "ratio **0.950** (target ≥ 0.9: met)" in partitions_lines(result)[0]
-
-
-@pytest.mark.slow
-def test_quick_goodput_and_partitions_on_the_embedded_broker_write_the_json_shape(tmp_path: Path) -> None:
-    out, md = tmp_path / "goodput.json", tmp_path / "BENCHMARKS.md"
-    md.write_text("# Benchmarks\n\nBy hand.\n")
-    code = main(["bench", "--quick", "--no-progress", "--stages", "goodput,partitions", "--broker", "tansu",
-                 "--policies", "slo", "--partitions", "1", "--json", str(out), "--markdown", str(md),
-                 "--plot-dir", str(tmp_path / "img")])  # fmt: skip
-    assert code == 0
-    result = json.loads(out.read_text())
-    goodput = result["goodput"]
-    assert goodput["max_images_per_s"] > 0 and goodput["max_images_per_s_after"] > 0
-    assert set(goodput["policies"]) == {"slo"}
-    rows = goodput["policies"]["slo"]
-    assert set(rows) == {"poisson25", "poisson50", "poisson75", "poisson90", "bursty", "final"}
-    for name in goodput["traces"]:
-        row = rows[name]
-        assert row["events"] == goodput["plan"]["samples"] and 0 < row["p50_ms"] <= row["p99_ms"]
-        assert 0 <= row["within_slo"] <= row["events"] and row["goodput_per_s"] >= 0
-    assert result["partitions"]["images_per_s"]["1"] > 0 and result["partitions"]["ratio_1_over_6"] > 0
-    text = md.read_text()
-    assert text.startswith("# Benchmarks\n\nBy hand.") and "bench:goodput-vit-tiny:begin" in text
-    assert (tmp_path / "img" / "goodput-vit-tiny.png").stat().st_size > 0
