@@ -120,9 +120,8 @@ class Processor:
         publisher = Publisher(
             producer_config(s.bootstrap_servers, s.kafka, max_message, txn_id),
             outcomes.delivered,
-            lambda topic: self.metrics.produce_errors.labels(topic=topic).inc(),
+            self.metrics,
             dlq_topic=s.dlq_topic,
-            metrics=self.metrics,
         )
         if txn_id:
             publisher.producer.init_transactions(30)

@@ -101,23 +101,20 @@ class Publisher:
     Args:
         config: The producer config (`producer_config`).
         on_ack: Called with each event whose outcome the broker acknowledged.
-        on_error: Called with the topic of each failed delivery (a metric).
+        metrics: Counts failed deliveries, truncated payloads and `result_too_large` dead letters.
         dlq_topic: Where refused-for-size outcomes go again, cut; None turns a size refusal into a fatal error.
-        metrics: Counts truncated payloads and `result_too_large` dead letters.
     """
 
     def __init__(
         self,
         config: dict[str, Any],
         on_ack: Callable[[InFlight], None],
-        on_error: Callable[[str], None],
+        metrics: Metrics,
         *,
         dlq_topic: str | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self.producer = Producer(config)
         self._on_ack = on_ack
-        self._on_error = on_error
         self._dlq_topic = dlq_topic
         self._metrics = metrics
         self._transactional = bool(config.get("transactional.id"))
@@ -198,10 +195,9 @@ class Publisher:
             item.error = ResultTooLarge(f"result refused by {topic} for size ({len(item.outcome.value)} bytes): {err}")
         cut = truncated_dead_letter_outcome(item, item.error, self._dlq_topic, TRUNCATED_PAYLOAD_BYTES)
         item.outcome = cut
-        if self._metrics is not None:
-            self._metrics.payload_truncated.labels(topic=topic).inc()
-            if cut.code == ResultTooLarge.code:
-                self._metrics.dead_lettered.labels(code=cut.code).inc()
+        self._metrics.payload_truncated.labels(topic=topic).inc()
+        if cut.code == ResultTooLarge.code:
+            self._metrics.dead_lettered.labels(code=cut.code).inc()
         log.warning(
             "outcome refused for size; dead-lettering it with the payload cut",
             extra={"topic": item.topic, "partition": item.partition, "offset": item.offset,
@@ -230,7 +226,7 @@ class Publisher:
             return
         # librdkafka already retried (idempotent producer); a failure here is final for this message.
         # Its offset must never be committed: record the first one and stop the loop.
-        self._on_error(topic)
+        self._metrics.produce_errors.labels(topic=topic).inc()
         log.error(
             "delivery failed",
             extra={

@@ -131,7 +131,7 @@ class _StaleGenerationProducer:
 def test_transaction_aborted_by_a_rebalance_is_released_again_not_fatal() -> None:
     from processor.publish import Publisher
 
-    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, lambda item: None, lambda topic: None)
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, lambda item: None, Metrics())
     fake = _StaleGenerationProducer()
     publisher.producer = fake  # type: ignore[assignment]
     publisher._transactional = True

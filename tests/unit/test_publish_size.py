@@ -64,8 +64,7 @@ class FakeProducer:
 
 def _publisher(limits: dict[str, int], metrics: Metrics) -> tuple[Publisher, FakeProducer, list[InFlight]]:
     acked: list[InFlight] = []
-    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, acked.append, lambda topic: None, dlq_topic="dlq",
-                          metrics=metrics)  # fmt: skip
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, acked.append, metrics, dlq_topic="dlq")
     fake = FakeProducer(limits)
     publisher.producer = fake  # type: ignore[assignment]
     publisher._limits = {"out": None, "dlq": None}  # no broker to describe: exercise the delivery-report path
