@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=0.5, help="timed seconds per model-only point")
     p.add_argument("--e2e-seconds", type=float, default=15.0, help="backlog sized for this long")
     p.add_argument("--skip", default="", help="comma list of: tensorrt, e2e")
+    p.add_argument("--also-variants", default="", help="comma list of variants (e.g. fp32) measured model-only on CUDA too")
     p.set_defaults(handler=run_gpu_check)
 
 
@@ -76,7 +77,8 @@ def _measure(result: dict[str, Any], args: argparse.Namespace, sizes: tuple[int,
     from bench.workload import prepare_model_dir
     from models.loader import resolve_model
 
-    model_dir = prepare_model_dir(args.model_dir, None if args.model_dir else "vit-b16", ["fp16"])
+    also = [v.strip() for v in args.also_variants.split(",") if v.strip()]
+    model_dir = prepare_model_dir(args.model_dir, None if args.model_dir else "vit-b16", ["fp16", *also])
     model = resolve_model(model_dir, "fp16")
     baseline = _device_memory()
     cuda = Engine(model, Providers.CUDA, require_gpu=True, max_batch_size=max(sizes))
@@ -84,6 +86,11 @@ def _measure(result: dict[str, Any], args: argparse.Namespace, sizes: tuple[int,
     result["memory"] = _memory_at(cuda, baseline)
     result["providers_really_used"] = {"cuda": cuda.provider}
     del cuda
+    for variant in also:  # context for the fp16 rows (fp32 on the same provider), not judged
+        other = Engine(resolve_model(model_dir, variant), Providers.CUDA, require_gpu=True, max_batch_size=max(sizes))
+        result["model_only"][f"cuda_{variant}"] = _throughput(other, sizes, args.seconds)
+        result["providers_really_used"][f"cuda_{variant}"] = other.provider
+        del other
     graphs, captured = _graph_engine(model, sizes)
     result["providers_really_used"]["cuda_graphs"] = graphs.provider
     result["graph_capture_log"] = captured
