@@ -44,10 +44,11 @@ class ResourceSampler:
     memory in use (nvmlDeviceGetMemoryInfo), which NVML always knows but which counts every process on the GPU.
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+    def __init__(self, pid: int, *siblings: int, interval_s: float = 0.2) -> None:
         import psutil  # the [bench] extra
 
         self._process = psutil.Process(pid)
+        self._siblings = [psutil.Process(p) for p in siblings]  # other instances: their CPU counts too
         self._interval_s = interval_s
         self._nvml = load_nvml()
         self._handle = device_handle(self._nvml, visible_devices()) if self._nvml is not None else None
@@ -66,8 +67,8 @@ class ResourceSampler:
         self._thread.join(5)
 
     def cpu_seconds(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU seconds of the process and its sibling instances so far."""
+        return float(sum(sum(p.cpu_times()[:2]) for p in (self._process, *self._siblings)))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

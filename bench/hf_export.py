@@ -38,7 +38,8 @@ def export(out: Path, seed: int = 0) -> Any:
     model = ViTForImageClassification(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    processor = ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(out)
     (out / "onnx").mkdir(exist_ok=True)
     dims = {0: "batch_size", 1: "num_channels", 2: "height", 3: "width"}
     with torch.no_grad():
@@ -95,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for variant in ("fp32", "fp16"):
         engine = Engine(resolve_model(args.out, variant), Providers.CUDA, require_gpu=False, max_batch_size=max(sizes))
         probs = engine.infer(batch)
-        result["variants"][variant] = {"provider": engine.provider, "max_abs_diff_vs_torch": float(np.abs(probs - reference).max()),
+        result["variants"][variant] = {"provider": engine.provider,
+                                       "max_abs_diff_vs_torch": float(np.abs(probs - reference).max()),
                                        "images_per_s": _throughput(engine, sizes, args.seconds)}  # fmt: skip
         del engine
     ours = prepare_model_dir(None, "vit-b16", ["fp16"])

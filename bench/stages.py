@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,23 +200,27 @@ class KafkaRun:
         """A processor subprocess on `topics` (input, output, DLQ) with an output reader; stopped by PID."""
         from devtools.broker import free_port
 
-        port = free_port()
-        env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
-        proc = ProcessorProcess(env, self.workdir / f"processor-{name}.log", port)
+        procs = []
+        for i in range(getattr(self.args, "instances", 1)):  # members of one consumer group, one GPU shared
+            port = free_port()
+            env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
+            procs.append(ProcessorProcess(env, self.workdir / f"processor-{name}{'-' + str(i) if i else ''}.log", port))
         collector = OutputCollector(self.s.bootstrap_servers, topics[1:], self.args.partitions)
         self.bar.set_description(f"starting the processor ({name})")
-        proc.start()
-        assert proc.proc is not None
-        sampler = ResourceSampler(proc.proc.pid).start()
+        for proc in procs:
+            proc.start()
+        sampler = ResourceSampler(*(proc.pid for proc in procs)).start()
         try:
-            proc.wait_ready()
-            yield Running(proc, collector, sampler, topics[0])
+            for proc in procs:
+                proc.wait_ready()
+            yield Running(procs[0], collector, sampler, topics[0], procs)
         finally:
-            code = proc.stop()
+            codes = [proc.stop() for proc in procs]
             sampler.stop()
             collector.close()
-            if code not in (0, None):
-                print(f"bench: the processor exited with {code}; log: {proc.log_path}\n{proc.log_tail()}")
+            for proc, code in zip(procs, codes, strict=True):
+                if code not in (0, None):
+                    print(f"bench: the processor exited with {code}; log: {proc.log_path}\n{proc.log_tail()}")
 
     def e2e_and_latency(self, todo: list[str], topics: tuple[str, str, str], n: int) -> None:
         """The e2e drain and the paced latency levels, through one processor; peak RSS and GPU memory."""
@@ -271,6 +275,7 @@ class Running:
     collector: OutputCollector
     sampler: ResourceSampler
     topic: str
+    all_procs: list[ProcessorProcess] = field(default_factory=list)  # proc and its siblings (--instances)
 
 
 def cpu_window(running: Running, broker_pid: int | None, *, bench: bool = False) -> CpuWindow:
