@@ -279,7 +279,7 @@ def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Seq
                      "e2e_cpu_cores": result["extra"].get("e2e_cpu_cores"),
                      "latency_ms": {pct: {"p50": row.get("p50_ms"), "p99": row.get("p99_ms")}
                                     for pct, row in latency.items()},
-                     "peak_device_gpu_mb": result.get("gpu_memory_mb")})  # fmt: skip
+                     "first_instance_gpu_mb": result.get("gpu_memory_mb")})  # fmt: skip
     best = max(runs, key=lambda r: r["images_per_s"] or 0.0)
     lat50 = best["latency_ms"].get("50") or {}
     return {"runs": runs, "instances": best["instances"], "images_per_s": best["images_per_s"],
