@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark every stage, decode to Kafka end to end, latency and SLO batching",
                        description=__doc__)  # fmt: skip
     p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
-    p.add_argument("--arch", choices=("vit-tiny", "vit-b16"), default=None,
+    p.add_argument("--arch", choices=("vit-tiny", "vit-ti16", "vit-b16"), default=None,
                    help="build this architecture (plus int8) into ~/.cache/deepfake-processor/models")  # fmt: skip
     p.add_argument("--variants", type=_csv, default=None, help="variants to bench, comma list (default: all)")
     p.add_argument("--batch-sizes", type=_ints, default=_ints(DEFAULT_BATCH_SIZES), help="model-only batch sizes")

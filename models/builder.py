@@ -49,6 +49,7 @@ class VitArch:
 
 ARCHS: dict[str, VitArch] = {
     "vit-tiny": VitArch(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+    "vit-ti16": VitArch(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
     "vit-b16": VitArch(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 

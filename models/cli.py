@@ -16,7 +16,7 @@ from typing import Any
 from models.errors import ModelError
 
 # Mirrors models.builder.ARCHS, which cannot be imported here without onnx (a test keeps them equal).
-ARCH_CHOICES = ("vit-b16", "vit-tiny")
+ARCH_CHOICES = ("vit-b16", "vit-ti16", "vit-tiny")
 VARIANT_CHOICES = ("fp32", "fp16", "int8", "q4", "bnb4")
 
 

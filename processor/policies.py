@@ -11,15 +11,17 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   cost of waiting, n·(newest wait + tick + a), stays under the usual wait — else dispatch.
 - `aimd` (Clipper): no waiting; the batch cap grows by one after every batch whose inference stays within
   the latency target and shrinks by 10 % after one that does not.
-- `slo` (ours): `SloController`'s size/wait law against the p99 target, and an overload rule Kafka needs.
-  An HTTP server sheds load by refusing requests (BentoML cancels those predicted to miss, Clockwork drops
-  them); a Kafka event cannot be refused, only scored late, and it must not make the events behind it late
-  too. So a head at risk (80 % of the target spent, counting its predicted inference) never waits for a
-  fuller batch: it goes now, up to the law's limit. And a head that is lost (it misses even if scored now)
-  while recent p99 is over the target (an overload, not a lone straggler) with a backlog behind it (the
-  limit's worth of rows ready) goes in the largest batch the bounds allow, the cheapest per image, so the
-  backlog clears fastest instead of in small batches that make everyone late. Waiting to fill that batch
-  was tried and measured worse: it delays the punctual events that join it.
+- `slo` (ours): batch sizes from a fitted inference cost (a·rows + b) and the head's slack to the p99
+  target, plus `SloController`'s limit and wait where batching pays. When a full batch costs per row at least
+  2/3 of what a lone row costs (a CPU with a small model), ours is work-conserving: the model never idles
+  while rows are ready, and rows that piled up during the last batch make the next one, so the batch size
+  follows the load by itself, each kept within a tenth of the target. When batching pays (a GPU), the law
+  may hold the head for a fuller batch, but only while that batch still lands the head within 80 % of the
+  target. Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those
+  predicted to miss, Clockwork drops them); a lost head (it misses even scored alone now) is scored at
+  once, and in an overload with a backlog behind it, in the largest batch when batching pays (the cheapest
+  rows clear the backlog fastest), in a short one when it does not (a long batch would only make the
+  punctual events behind it late too).
 """
 
 from __future__ import annotations
@@ -197,10 +199,12 @@ class AimdPolicy(BatchPolicy):
 
 
 AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head must go now
+PAYS = 1.5  # batching pays when a full batch's cost per row is at most 1/PAYS of a lone row's
+SHORT_BATCH = 0.1  # of the target: the longest batch inference when batching does not pay
 
 
 class SloPolicy(BatchPolicy):
-    """Ours: SloController's limit and wait; an at-risk head goes now; a backlog behind a lost one, in the largest."""
+    """Ours: work-conserving unless batching pays; batches sized so the head still makes its target."""
 
     name = PolicyName.SLO
     learns = True
@@ -211,23 +215,55 @@ class SloPolicy(BatchPolicy):
         self.late_batches = 0  # batches sent under the overload rules (a gauge for tests and the bench)
 
     def decide(self, q: QueueState) -> Decision:
-        """At-risk or lost head: go now, the largest batch if a backlog stands behind a lost one; else the law."""
+        """Size the batch from the head's slack and the fitted cost; wait only where a fuller batch is cheaper."""
         c = self.controller
-        self.limit, self.wait_s = c.limit, c.wait_s
-        finish = q.head_age_s + c.predicted_inference_s(min(q.rows, c.limit))
-        if finish <= AT_RISK * c.target_s:
-            return super().decide(q)
-        self.late_batches += 1
-        if finish > c.target_s and c.over_target and q.rows >= self.limit:
-            return Decision(self.max_batch_size)
-        return Decision(self.limit)
+        a, b = c.cost_model()
+        pays = self._batching_pays(a, b, c.limit)
+        self.limit, self.wait_s = c.limit, (c.wait_s if pays else 0.0)
+        fits = self._rows_in_time(q.head_age_s, a, b)
+        if fits == 0:  # lost: misses its target even scored alone now
+            self.late_batches += 1
+            if pays and c.over_target and q.rows >= self.limit:
+                return Decision(self.max_batch_size)  # a backlog: the cheapest rows clear it fastest
+            return Decision(self.limit if pays else self._short(a, b))
+        if not pays:
+            # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
+            # batch runs, so batch size follows load by itself; waiting would only add latency.
+            return Decision(min(self.limit, fits, self._short(a, b)))
+        law = super().decide(q)  # a full batch now, or wait for a fuller one
+        if law.take:
+            return Decision(min(law.take, fits))
+        # The head may wait only while a full batch at the limit would still land it within AT_RISK.
+        spare = AT_RISK * c.target_s - q.head_age_s - b - a * self.limit
+        if fits < self.limit or spare <= 0:
+            self.late_batches += 1
+            return Decision(fits)  # at risk: it goes now, never waiting for a fuller batch
+        return Decision(0, min(law.wait_s, spare), law.wake_rows)
+
+    def _rows_in_time(self, head_age_s: float, a: float, b: float) -> int:
+        """Most rows whose batch still lands the head within AT_RISK of the target (0: it cannot make it)."""
+        slack = AT_RISK * self.controller.target_s - head_age_s - b
+        if slack < a:
+            return 0
+        return self.max_batch_size if a <= 0 else min(self.max_batch_size, int(slack / a))
+
+    def _short(self, a: float, b: float) -> int:
+        """Rows whose inference stays within SHORT_BATCH of the target: no batch blocks others for long."""
+        if a <= 0:
+            return self.limit
+        return max(1, min(self.limit, int((SHORT_BATCH * self.controller.target_s - b) / a)))
+
+    @staticmethod
+    def _batching_pays(a: float, b: float, limit: int) -> bool:
+        """A full batch's cost per row is at most 1/PAYS of a lone row's (unknown cost: it does not pay yet)."""
+        return a > 0 and (a + b) >= PAYS * (a + b / max(1, limit))
 
     def observe(
         self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
     ) -> None:
         """Feed the controller (see processor.slo for its law)."""
         self.controller.observe(latencies_s, batch_rows, inference_s, batch_wait_s)
-        self.limit, self.wait_s = self.controller.limit, self.controller.wait_s
+        self.limit = self.controller.limit
 
 
 def make_policy(

@@ -37,6 +37,7 @@ HIGH, LOW = 0.8, 0.5  # of the target: shorten the wait above HIGH, relax below 
 WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the latency"
 WAIT_BUDGET = 0.1  # of the target, the longest the batcher may hold an event for a fuller batch
 IDLE_UTILIZATION = 0.5  # below this share of wall time spent in inference, waiting buys nothing
+COST_WINDOW = 64  # batches behind the fitted inference cost a·rows + b
 
 
 class SloController:
@@ -57,6 +58,8 @@ class SloController:
         self._inference: deque[tuple[float, int]] = deque(maxlen=ADJUST_EVERY)  # (seconds, rows) per batch
         self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
         self._busy: deque[tuple[float, float]] = deque(maxlen=ADJUST_EVERY + 1)  # (monotonic end, inference s)
+        self._costs: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (rows, inference s) per batch
+        self._fit = (0.0, 0.0)  # (a s per row, b s per batch), refitted every ADJUST_EVERY batches
         self._batches = 0
         self._lock = threading.Lock()
 
@@ -75,6 +78,9 @@ class SloController:
             self._busy.append((self._clock(), inference_s))
             if inference_s > 0 and batch_rows > 0:
                 self._inference.append((inference_s, batch_rows))
+                self._costs.append((batch_rows, inference_s))
+                if len(self._costs) <= ADJUST_EVERY or self._batches % ADJUST_EVERY == 0:
+                    self._fit = fit_cost(self._costs)
             self._batches += 1
             if self._batches % ADJUST_EVERY == 0 and len(self._latencies) >= 16:
                 self._adjust(float(np.percentile(np.fromiter(self._latencies, float), 99)))
@@ -109,6 +115,10 @@ class SloController:
             measured = sum(r for _, r in self._inference)
             return rows * sum(s for s, _ in self._inference) / measured if measured else 0.0
 
+    def cost_model(self) -> tuple[float, float]:
+        """(a, b): inference ≈ a·rows + b seconds, fitted over the last COST_WINDOW batches ((0, 0) before any)."""
+        return self._fit
+
     def _inference_cap(self) -> int:
         """Rows whose inference fits in INFERENCE_SHARE of the target, at the recently measured cost per row."""
         rows = sum(r for _, r in self._inference)
@@ -116,3 +126,22 @@ class SloController:
             return self.max_batch_size
         per_row_s = sum(s for s, _ in self._inference) / rows
         return max(1, int(INFERENCE_SHARE * self.target_s / per_row_s))
+
+
+def fit_cost(samples: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares a·rows + b through (rows, seconds) samples; all one size → (mean per row, 0): b unknown.
+
+    b is the per-batch part of inference (kernel launches, the framework's fixed cost): what a fuller batch
+    saves per extra row. Until batches of different sizes were seen, it is taken as 0 — batching does not
+    pay until shown to.
+    """
+    rows = np.array([r for r, _ in samples], dtype=np.float64)
+    seconds = np.array([s for _, s in samples], dtype=np.float64)
+    if rows.size == 0:
+        return 0.0, 0.0
+    if rows.min() == rows.max():
+        return float(seconds.sum() / rows.sum()), 0.0
+    (a, b), *_ = np.linalg.lstsq(np.stack([rows, np.ones_like(rows)], axis=1), seconds, rcond=None)
+    if a <= 0:  # noise on a flat cost: all of it is per batch
+        return 1e-6, float(max(0.0, seconds.mean()))
+    return float(a), float(max(0.0, b))

@@ -14,7 +14,7 @@ from processor.policies import (
     TritonPolicy,
     make_policy,
 )
-from processor.slo import ADJUST_EVERY, SloController
+from processor.slo import ADJUST_EVERY, SloController, fit_cost
 
 
 def _q(rows: int, oldest: float = 0.0, newest: float = 0.0, age: float = 0.0) -> QueueState:
@@ -70,57 +70,75 @@ def test_aimd_never_waits_adds_one_after_a_batch_within_target_and_backs_off_ten
     assert policy.limit == 18
 
 
-def _controller(target_s: float = 0.1, per_row_s: float = 0.002) -> SloController:
+def _controller(a: float, b: float, *, p99_s: float = 0.03, target_s: float = 0.1) -> SloController:
+    """A controller that has seen batches of 1, 4, 8 and 16 rows cost a·rows + b, and p99 `p99_s`."""
     slo = SloController(target_s=target_s, max_batch_size=64, max_wait_s=0.05)
-    for _ in range(ADJUST_EVERY):
-        slo.observe([0.03] * 4, 8, 8 * per_row_s, 0.001)
+    for i in range(2 * ADJUST_EVERY):
+        rows = (1, 4, 8, 16)[i % 4]
+        slo.observe([p99_s] * 4, rows, a * rows + b, 0.001)
     return slo
 
 
-def test_ours_follows_the_controller_limit_and_wait_while_the_head_can_still_make_its_target() -> None:
-    slo = _controller()
-    slo.limit, slo.wait_s = 16, 0.01
+CPU_SMALL_MODEL = (0.002, 0.0001)  # a, b: a batch costs per row what a lone row does: batching does not pay
+GPU = (0.0002, 0.003)  # launches dominate a small batch: a full one costs a tenth per row
+
+
+def test_the_controller_fits_inference_cost_per_row_and_per_batch() -> None:
+    a, b = _controller(*GPU).cost_model()
+    assert a == pytest.approx(0.0002) and b == pytest.approx(0.003)
+    assert fit_cost([(8, 0.016), (8, 0.016)]) == pytest.approx((0.002, 0.0))  # one size seen: b unknown, 0
+
+
+def test_where_batching_does_not_pay_ours_never_waits_and_keeps_batches_within_a_tenth_of_the_target() -> None:
+    policy = SloPolicy(_controller(*CPU_SMALL_MODEL))
+    assert policy.decide(_q(3, oldest=0.0, age=0.01)).take == 4  # (10 ms - b) / 2 ms per row: the 3 go now
+    assert policy.decide(_q(40, oldest=0.0, age=0.01)).take == 4
+    assert policy.wait_s == 0.0
+
+
+def test_where_batching_pays_ours_waits_for_a_fuller_batch_while_the_head_has_slack() -> None:
+    slo = _controller(*GPU)
+    slo.limit, slo.wait_s = 16, 0.005
     policy = SloPolicy(slo)
     assert policy.decide(_q(16, age=0.02)).take == 16
-    waiting = policy.decide(_q(3, oldest=0.002, age=0.02))
-    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.008)
+    waiting = policy.decide(_q(3, oldest=0.001, age=0.02))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.004)
 
 
-def test_ours_never_makes_a_head_at_risk_wait_for_a_fuller_batch() -> None:
-    # 75 ms old + 3 rows' predicted inference (6 ms) is past 80 % of 100 ms: it goes now, with what is ready.
-    slo = _controller()
-    slo.limit, slo.wait_s = 16, 0.01
+def test_a_head_never_waits_past_the_point_where_its_batch_would_land_it_late() -> None:
+    slo = _controller(*GPU)
+    slo.limit, slo.wait_s = 16, 0.005
     policy = SloPolicy(slo)
+    # 80 ms budget - 75 ms age - 3 ms per batch leaves room for 10 rows, not the limit's 16: it goes now.
     late = policy.decide(_q(3, oldest=0.0, age=0.075))
-    assert late.take == 16 and policy.late_batches == 1  # up to the limit: the 3 that are there
+    assert late.take > 0 and policy.late_batches == 1
+    # 70 ms old: 3.8 ms spare, shorter than the law's 5 ms wait; the wait is cut to the spare.
+    assert policy.decide(_q(3, oldest=0.0, age=0.07)).wait_s == pytest.approx(0.0038)
 
 
-def test_a_lone_straggler_past_its_target_goes_now_rather_than_waiting() -> None:
-    # Recent p99 is under the target: one late event is a hiccup, not an overload; it must not hold others.
-    slo = _controller()
+def test_the_batch_is_never_so_big_that_its_inference_makes_the_head_late() -> None:
+    slo = _controller(*GPU)
+    slo.limit = 64
     policy = SloPolicy(slo)
-    assert not slo.over_target and policy.decide(_q(2, age=0.3)).take == slo.limit
+    # 80 ms - 60 ms - 3 ms leaves 17 ms: 85 rows at 0.2 ms would fit, 64 is the bound; at 75 ms, 10 rows.
+    assert policy.decide(_q(64, age=0.06)).take == 64
+    assert policy.decide(_q(64, age=0.075)).take == 10
 
 
-def _overloaded() -> SloController:
-    slo = _controller()
-    for _ in range(ADJUST_EVERY):
-        slo.observe([0.4] * 4, 8, 8 * 0.002, 0.001)  # p99 400 ms against a 100 ms target
-    assert slo.over_target
+def test_a_lost_head_goes_at_once_in_a_short_batch_where_batching_does_not_pay() -> None:
+    # A long batch would not clear the backlog faster (each row costs the same) and would hold the punctual
+    # events behind it: the short batch of the work-conserving rule.
+    policy = SloPolicy(_controller(*CPU_SMALL_MODEL, p99_s=0.4))
+    assert policy.controller.over_target
+    assert policy.decide(_q(200, age=0.5)).take == 4 and policy.late_batches == 1
+
+
+def test_in_an_overload_where_batching_pays_a_backlog_behind_a_lost_head_goes_in_the_largest_batch() -> None:
+    slo = _controller(*GPU, p99_s=0.4)
     slo.limit = 16
-    return slo
-
-
-def test_in_an_overload_a_lost_head_with_no_backlog_goes_now_and_does_not_hold_the_punctual_ones() -> None:
-    # Waiting to fill a batch for an event that is late anyway delays the punctual events that join it
-    # (measured: docs/bench/goodput-vit-tiny-1408-wait-rule.json).
-    policy = SloPolicy(_overloaded())
-    assert policy.decide(_q(5, oldest=0.01, age=0.3)).take == 16
-
-
-def test_in_an_overload_a_backlog_behind_a_lost_head_goes_in_the_largest_batch() -> None:
-    policy = SloPolicy(_overloaded())
-    assert policy.decide(_q(200, age=0.5)).take == 64  # not the controller's 16
+    policy = SloPolicy(slo)
+    assert slo.over_target and policy.decide(_q(200, age=0.5)).take == 64  # not the controller's 16
+    assert policy.decide(_q(5, oldest=0.01, age=0.3)).take == 16  # no backlog: at once, never waiting
 
 
 def test_unset_policy_is_slo_with_a_latency_target_and_fixed_without() -> None:
