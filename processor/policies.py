@@ -12,16 +12,15 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
 - `aimd` (Clipper): no waiting; the batch cap grows by one after every batch whose inference stays within
   the latency target and shrinks by 10 % after one that does not.
 - `slo` (ours): batch sizes from a fitted inference cost (a·rows + b) and the head's slack to the p99
-  target, plus `SloController`'s limit and wait where batching pays. When a full batch costs per row at least
-  2/3 of what a lone row costs (a CPU with a small model), ours is work-conserving: the model never idles
-  while rows are ready, and rows that piled up during the last batch make the next one, so the batch size
-  follows the load by itself, each kept within a tenth of the target. When batching pays (a GPU), the law
-  may hold the head for a fuller batch, but only while that batch still lands the head within 80 % of the
-  target. Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those
-  predicted to miss, Clockwork drops them); a lost head (it misses even scored alone now) is scored at
-  once, and in an overload with a backlog behind it, in the largest batch when batching pays (the cheapest
-  rows clear the backlog fastest), in a short one when it does not (a long batch would only make the
-  punctual events behind it late too).
+  target, plus `SloController`'s limit and wait where batching pays. When a full batch costs per row more
+  than 2/3 of what a lone row costs (a CPU with a small model), ours is work-conserving: the model never
+  idles while rows are ready, and rows that piled up during the last batch make the next one, so the batch
+  size follows the load by itself. When batching pays (a GPU), the law may hold the head for a fuller
+  batch, but only while that batch still lands the head within 80 % of the target. Either way a batch
+  stops at the rows that still land the head in time; the rest go next rather than all of them late.
+  Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those predicted to
+  miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, and in an
+  overload with a backlog behind it in the largest batch, so the fewest batches clear the backlog.
 """
 
 from __future__ import annotations
@@ -200,7 +199,6 @@ class AimdPolicy(BatchPolicy):
 
 AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head must go now
 PAYS = 1.5  # batching pays when a full batch's cost per row is at most 1/PAYS of a lone row's
-SHORT_BATCH = 0.1  # of the target: the longest batch inference when batching does not pay
 
 
 class SloPolicy(BatchPolicy):
@@ -223,13 +221,14 @@ class SloPolicy(BatchPolicy):
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now
             self.late_batches += 1
-            if pays and c.over_target and q.rows >= self.limit:
-                return Decision(self.max_batch_size)  # a backlog: the cheapest rows clear it fastest
-            return Decision(self.limit if pays else self._short(a, b))
+            if c.over_target and q.rows >= self.limit:
+                return Decision(self.max_batch_size)  # a backlog: the fewest batches clear it fastest
+            return Decision(self.limit)
         if not pays:
             # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
-            # batch runs, so batch size follows load by itself; waiting would only add latency.
-            return Decision(min(self.limit, fits, self._short(a, b)))
+            # batch runs, so batch size follows load by itself; waiting would only add latency. The batch
+            # stops at the rows that still land the head in time: the rest go next, not all of them late.
+            return Decision(min(self.limit, fits))
         law = super().decide(q)  # a full batch now, or wait for a fuller one
         if law.take:
             return Decision(min(law.take, fits))
@@ -246,12 +245,6 @@ class SloPolicy(BatchPolicy):
         if slack < a:
             return 0
         return self.max_batch_size if a <= 0 else min(self.max_batch_size, int(slack / a))
-
-    def _short(self, a: float, b: float) -> int:
-        """Rows whose inference stays within SHORT_BATCH of the target: no batch blocks others for long."""
-        if a <= 0:
-            return self.limit
-        return max(1, min(self.limit, int((SHORT_BATCH * self.controller.target_s - b) / a)))
 
     @staticmethod
     def _batching_pays(a: float, b: float, limit: int) -> bool:
