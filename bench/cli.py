@@ -30,7 +30,7 @@ from devtools.produce import parse_sizes
 from models.loader import resolve_model
 from processor.settings import Settings, load_settings
 
-STAGES = ("decode", "model", "pipeline", "baseline", "e2e", "latency", "slo")
+STAGES = ("decode", "model", "pipeline", "bare", "baseline", "e2e", "latency", "slo")
 # Opt-in (--stages): minutes each, on Apache Kafka (bench.goodput).
 POLICY_STAGES = ("partitions", "goodput")
 DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
@@ -143,7 +143,8 @@ def _settings(args: argparse.Namespace, model_dir: Path, variant: str) -> Settin
 def _new_result(args: argparse.Namespace, settings: Settings, model_dir: Path, variants: list[str]) -> dict[str, Any]:
     label = args.label or (model_dir.resolve().name if model_dir.is_dir() else model_dir.stem)
     keys = ("decode_only_images_per_s", "model_only_images_per_s", "pipeline_ceiling_images_per_s",
-            "e2e_images_per_s", "baseline_images_per_s", "latency", "peak_rss_mb", "gpu_memory_mb")  # fmt: skip
+            "bare_ceiling_images_per_s", "e2e_images_per_s", "baseline_images_per_s", "latency", "peak_rss_mb",
+            "gpu_memory_mb")  # fmt: skip
     result: dict[str, Any] = dict.fromkeys(keys)
     result["machine"] = machine_info(sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench"])
     result["settings"] = {
@@ -207,8 +208,8 @@ def _report_policies(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path | None) -> None:
-    keys = ("decode_only_images_per_s", "pipeline_ceiling_images_per_s", "e2e_images_per_s", "baseline_images_per_s",
-            "peak_rss_mb")  # fmt: skip
+    keys = ("decode_only_images_per_s", "pipeline_ceiling_images_per_s", "bare_ceiling_images_per_s",
+            "e2e_images_per_s", "baseline_images_per_s", "peak_rss_mb")  # fmt: skip
     for key in keys:
         print(f"{key:32} {result[key]}")
     for name, value in result["ratios"].items():

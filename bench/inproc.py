@@ -181,3 +181,56 @@ def pipeline_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds:
     batches = metrics.registry.get_sample_value("deepfake_batch_size_count") or 0.0
     mean_batch = total / batches if batches else 0.0
     return StageRun(run.images, run.seconds, {"mean_batch_size": mean_batch}, engine.provider, run.cpu_s)
+
+
+BARE_BATCH = 32
+
+
+def bare_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: float) -> StageRun:
+    """Decode on DECODE_WORKERS threads and infer what is decoded in batches of up to 32 — nothing else.
+
+    No micro-batcher policy, no scorer bookkeeping, no results or dead letters: the least work an image can
+    cost in this process, the ceiling that per-event overhead (envelope, hand-offs, result building, Kafka)
+    is measured against (`e2e / bare_ceiling`).
+    """
+    import queue
+
+    engine = load_engine(settings)
+    pre = Preprocessor(engine.model.preprocess)
+    engine.warm_up(pre.shape, (1, BARE_BATCH))
+    completion = _Completion(min(settings.max_in_flight, 2 * BARE_BATCH + 2 * settings.decode_workers))
+    decoded: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
+    failures: list[InFlight] = []
+    stop = threading.Event()
+
+    def infer_loop() -> None:
+        while not stop.is_set():
+            try:
+                items = [decoded.get(timeout=0.05)]
+            except queue.Empty:
+                continue
+            while len(items) < BARE_BATCH:
+                try:
+                    items.append(decoded.get_nowait())
+                except queue.Empty:
+                    break
+            engine.infer(np.concatenate([item.crops for item in items if item.crops is not None]))
+            for item in items:
+                completion.put(item)
+
+    def failed(item: InFlight) -> None:
+        failures.append(item)
+        completion.put(item)
+
+    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, decoded.put, failed)
+    thread = threading.Thread(target=infer_loop, name="bare-inference", daemon=True)
+    thread.start()
+    try:
+        run = _drive(pool.submit, events, seconds, completion)
+    finally:
+        stop.set()
+        thread.join(5)
+        pool.shutdown(wait=False)
+    if failures:
+        raise RuntimeError(f"decode failed for bench event {failures[0].offset}: {failures[0].error}")
+    return StageRun(run.images, run.seconds, provider=engine.provider, cpu_s=run.cpu_s)

@@ -96,6 +96,7 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
     e2e = result.get("e2e_images_per_s")
     best = model_only_best(result.get("model_only_images_per_s"))
     return {"e2e/pipeline_ceiling": _div(e2e, result.get("pipeline_ceiling_images_per_s")),
+            "e2e/bare_ceiling": _div(e2e, result.get("bare_ceiling_images_per_s")),
             "e2e/baseline": _div(e2e, result.get("baseline_images_per_s")),
             "e2e/model_only_best": _div(e2e, best[2] if best else None)}  # fmt: skip
 
@@ -228,6 +229,7 @@ def _headline(result: dict[str, Any]) -> list[str]:
         ("model only (best)", "model_only", f"{best[0]} at batch {best[1]}" if best else ""),
         ("pipeline ceiling (in process)", "pipeline_ceiling",
          f"mean batch {fmt(x.get('pipeline_mean_batch_size'))}"),
+        ("bare ceiling (decode + batch-32 inference)", "bare_ceiling", "no results, no batcher policy"),
         ("**end to end (Kafka)**", "e2e", _e2e_note(x)),
         ("baseline (naive, one at a time)", "baseline", ""),
     ]  # fmt: skip

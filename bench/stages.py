@@ -65,7 +65,7 @@ MIN_LATENCY_EVENTS = 10
 
 def run_inprocess(todo: list[str], settings: Settings, variants: list[str], events: list[Any], d: Durations,
                    result: dict[str, Any], bar: Any, args: argparse.Namespace) -> Settings:  # fmt: skip
-    """decode, model, pipeline; returns the settings with the variant the processor will serve."""
+    """decode, model, pipeline, bare; returns the settings with the variant the processor will serve."""
     if "decode" in todo:
         bar.set_description("decode only")
         record(result, "decode_only", inproc.decode_only(settings, events, d.decode_s), bar)
@@ -78,6 +78,9 @@ def run_inprocess(todo: list[str], settings: Settings, variants: list[str], even
         result["extra"]["pipeline_mean_batch_size"] = round((run.extra or {}).get("mean_batch_size", 0.0), 2)
         result["settings"]["provider"] = run.provider
         record(result, "pipeline_ceiling", run, bar)
+    if "bare" in todo:
+        bar.set_description("bare ceiling")
+        record(result, "bare_ceiling", inproc.bare_ceiling(settings, events, d.pipeline_s), bar)
     return settings
 
 
