@@ -43,6 +43,11 @@ class Outcomes:
         self.dlq_topic = dlq_topic
         self.metrics = metrics
         self.decided = decided
+        # Labelled children looked up once: `.labels()` takes a lock and builds a key, five times per event.
+        latency = metrics.stage_latency
+        self._queue, self._decode = latency.labels(stage="queue"), latency.labels(stage="decode")
+        self._produce, self._e2e = latency.labels(stage="produce"), latency.labels(stage="end_to_end")
+        self._scored: dict[str, Any] = {}
 
     def decide(self, item: InFlight) -> None:
         """Set `item.outcome` (result or dead letter), count it, and hand the event to the consumer thread.
@@ -61,19 +66,22 @@ class Outcomes:
                 log.debug("dead letter", extra={**where, "event_id": item.event_id, "error.code": item.error.code})
         else:
             item.outcome = result_outcome(item, self.output_topic)
-            m.scored.labels(label=item.outcome.label or "").inc()
+            label = item.outcome.label or ""
+            scored = self._scored.get(label)
+            if scored is None:
+                scored = self._scored[label] = m.scored.labels(label=label)
+            scored.inc()
         if item.decode_started:
-            m.stage_latency.labels(stage="queue").observe(item.decode_started - item.consumed_at)
-            m.stage_latency.labels(stage="decode").observe(max(0.0, item.decoded_at - item.decode_started))
+            self._queue.observe(item.decode_started - item.consumed_at)
+            self._decode.observe(max(0.0, item.decoded_at - item.decode_started))
         self.decided.put(item)
 
     def delivered(self, item: InFlight) -> None:
         """The broker acknowledged the event's outcome: record produce and end-to-end latency."""
         now = time.monotonic()
-        self.metrics.stage_latency.labels(stage="produce").observe(now - item.produced_at)
+        self._produce.observe(now - item.produced_at)
         if item.timestamp_ms is not None:
-            e2e = time.time() - item.timestamp_ms / 1000.0
-            self.metrics.stage_latency.labels(stage="end_to_end").observe(max(0.0, e2e))
+            self._e2e.observe(max(0.0, time.time() - item.timestamp_ms / 1000.0))
 
 
 def _ms(start: float, end: float) -> float:
