@@ -148,3 +148,9 @@ def test_vit_b16_has_the_vit_base_parameter_count() -> None:
     model = build_model("vit-b16")
     assert count_parameters(model) == 85_800_194
     assert 340_000_000 < model.ByteSize() < 345_000_000
+
+
+def test_vit_ti16_has_the_vit_tiny_16_parameter_count() -> None:
+    # timm's vit_tiny_patch16_224 / DeiT-Ti: 5,717,416 parameters with a 1000-class head (192 x 1000 + 1000);
+    # with the two-class head (192 x 2 + 2) that is 5,524,802.
+    assert count_parameters(build_model("vit-ti16")) == 5_524_802
