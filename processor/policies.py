@@ -19,8 +19,9 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   batch, but only while that batch still lands the head within 80 % of the target. Either way a batch
   stops at the rows that still land the head in time; the rest go next rather than all of them late.
   Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those predicted to
-  miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, and in an
-  overload with a backlog behind it in the largest batch, so the fewest batches clear the backlog.
+  miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, with up to
+  the law's limit of rows (at most half the target's worth of inference); in an overload with a backlog
+  behind it, and where batching pays, in the largest batch, the cheapest rows, so the backlog clears fastest.
 """
 
 from __future__ import annotations
@@ -221,8 +222,10 @@ class SloPolicy(BatchPolicy):
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now
             self.late_batches += 1
-            if c.over_target and q.rows >= self.limit:
-                return Decision(self.max_batch_size)  # a backlog: the fewest batches clear it fastest
+            if pays and c.over_target and q.rows >= self.limit:
+                return Decision(self.max_batch_size)  # a backlog: the cheapest rows clear it fastest
+            # Where batching does not pay, a batch past the law's limit (at most half the target's worth
+            # of inference) clears the backlog no faster and blocks the model for everyone behind it.
             return Decision(self.limit)
         if not pays:
             # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
