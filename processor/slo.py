@@ -109,12 +109,6 @@ class SloController:
         span = self._busy[-1][0] - self._busy[0][0]
         return min(1.0, sum(s for _, s in list(self._busy)[1:]) / span) if span > 0 else 1.0
 
-    def predicted_inference_s(self, rows: int) -> float:
-        """Inference time of a `rows`-row batch at the recently measured cost per row (0 before any batch)."""
-        with self._lock:
-            measured = sum(r for _, r in self._inference)
-            return rows * sum(s for s, _ in self._inference) / measured if measured else 0.0
-
     def cost_model(self) -> tuple[float, float]:
         """(a, b): inference ≈ a·rows + b seconds, fitted over the last COST_WINDOW batches ((0, 0) before any)."""
         return self._fit
