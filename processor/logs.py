@@ -116,7 +116,10 @@ def _log_stream() -> IO[str]:
     global _stream
     if _stream is None:
         try:
-            _stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+            # Lives as long as the process: closefd=False, so interpreter exit neither closes it under a late
+            # log record nor warns about an "unclosed file" (the OS closes the descriptor).
+            fd = os.dup(sys.stderr.fileno())
+            _stream = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
             return sys.stderr
     return _stream

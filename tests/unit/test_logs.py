@@ -94,3 +94,22 @@ def test_dead_letters_log_nothing_when_the_level_is_info(outcomes: Outcomes, cap
     with caplog.at_level(logging.INFO, logger="processor.outcomes"):
         outcomes.decide(item)
     assert not [r for r in caplog.records if r.name == "processor.outcomes"]
+
+
+def test_the_log_stream_lives_with_the_process_and_is_never_reported_as_an_unclosed_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every test run and every processor used to end with "ResourceWarning: unclosed file" for this stream.
+    import gc
+    import warnings
+
+    from processor import logs
+
+    monkeypatch.setattr(logs, "_stream", None)
+    stream = logs._log_stream()
+    monkeypatch.setattr(logs, "_stream", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del stream
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
