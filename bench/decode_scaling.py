@@ -12,24 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import cv2
 
-from bench.workload import iter_events
+from bench.inproc import limits_of
+from bench.workload import iter_events, to_inflight
 from devtools.produce import parse_sizes
 from models.loader import resolve_model
-from processor.decode import DecodeLimits, Decoder, Preprocessor
+from processor.decode import Decoder, Preprocessor
 from processor.envelope import open_envelope
 from processor.imageinfo import probe_image
-from processor.inflight import InFlight
-
-LIMITS = DecodeLimits(max_image_bytes=50_000_000, max_image_pixels=100_000_000, max_faces=16)
-
-
-def _item(event: Any) -> InFlight:
-    return InFlight(topic="t", partition=0, offset=0, key=event.key, value=event.value, headers=event.headers,
-                    timestamp_ms=None)  # fmt: skip
+from processor.settings import load_settings
 
 
 def _per_call_ms(fn: Callable[[int], object], n: int) -> float:
@@ -43,24 +36,25 @@ def main() -> None:
     """Print the per-part CPU ms and the threads → events/s rows."""
     cv2.setNumThreads(1)  # as processor.app.run
     events = list(iter_events(16, parse_sizes("640x480,1280x720"), ["jpeg"]))
-    decoder = Decoder(Preprocessor(resolve_model(None).preprocess), LIMITS, None)
-    data = [open_envelope(_item(e), LIMITS.max_image_bytes, LIMITS.max_faces)[0] or b"" for e in events]
+    limits = limits_of(load_settings({}))  # the processor's defaults
+    decoder = Decoder(Preprocessor(resolve_model(None).preprocess), limits, None)
+    data = [open_envelope(to_inflight(e, 0), limits.max_image_bytes, limits.max_faces)[0] or b"" for e in events]
     info = [probe_image(d) for d in data]
     pixels = [decoder._decode_pixels(d, i, None) for d, i in zip(data, info, strict=True)]
     k = len(events)
     parts = {
-        "envelope": lambda i: open_envelope(_item(events[i % k]), LIMITS.max_image_bytes, LIMITS.max_faces),
+        "envelope": lambda i: open_envelope(to_inflight(events[i % k], i), limits.max_image_bytes, limits.max_faces),
         "probe": lambda i: probe_image(data[i % k]),
         "pixels": lambda i: decoder._decode_pixels(data[i % k], info[i % k], None),
         "crops": lambda i: decoder._crops(pixels[i % k][0], pixels[i % k][1], None),
-        "whole decode": lambda i: decoder.decode(_item(events[i % k])),
+        "whole decode": lambda i: decoder.decode(to_inflight(events[i % k], i)),
     }
     for name, fn in parts.items():
         print(f"{name:<13} {_per_call_ms(fn, 400):.3f} CPU ms per event (one thread)")
     for threads in (1, 2, 4, 8, 16):
         with ThreadPoolExecutor(threads) as pool:
             started = time.perf_counter()
-            list(pool.map(lambda i: decoder.decode(_item(events[i % k])), range(1600)))
+            list(pool.map(lambda i: decoder.decode(to_inflight(events[i % k], i)), range(1600)))
             print(f"{threads:>2} threads: {1600 / (time.perf_counter() - started):.0f} events/s")
 
 

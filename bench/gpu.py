@@ -26,7 +26,7 @@ import numpy as np
 
 from processor.engine import Engine
 from processor.providers import CUDA, TRT
-from processor.settings import Providers, default_trt_cache_dir
+from processor.settings import Providers, Settings, default_trt_cache_dir
 
 MEMORY_TARGET_MB = 2300.0
 E2E_FRACTION = 0.8
@@ -93,20 +93,18 @@ def _measure(result: dict[str, Any], args: argparse.Namespace, sizes: tuple[int,
     cuda = Engine(model, Providers.CUDA, require_gpu=True, max_batch_size=MEMORY_BATCH)
     result["memory"] = _memory_at(cuda, baseline)
     del cuda
-    cuda = Engine(model, Providers.CUDA, require_gpu=True, max_batch_size=max(sizes))
-    result["model_only"] = {"cuda": _throughput(cuda, sizes, args.seconds)}
-    result["providers_really_used"] = {"cuda": cuda.provider}
-    del cuda
-    for variant in also:  # context for the fp16 rows (fp32 on the same provider), not judged
-        other = Engine(resolve_model(model_dir, variant), Providers.CUDA, require_gpu=True, max_batch_size=max(sizes))
-        result["model_only"][f"cuda_{variant}"] = _throughput(other, sizes, args.seconds)
-        result["providers_really_used"][f"cuda_{variant}"] = other.provider
-        del other
+    result["model_only"], result["providers_really_used"] = {}, {}
+    # fp16 on CUDA (judged), then any --also-variants on the same provider (context, not judged).
+    for name, served in [("cuda", model), *((f"cuda_{v}", resolve_model(model_dir, v)) for v in also)]:
+        cuda = Engine(served, Providers.CUDA, require_gpu=True, max_batch_size=max(sizes))
+        result["model_only"][name] = throughput(cuda, sizes, args.seconds)
+        result["providers_really_used"][name] = cuda.provider
+        del cuda
     graphs, captured = _graph_engine(model, sizes)
     result["providers_really_used"]["cuda_graphs"] = graphs.provider
     result["graph_capture_log"] = captured
     result["graph_buckets"] = len(sizes)
-    result["model_only"]["cuda_graphs"] = _throughput(graphs, sizes, args.seconds)
+    result["model_only"]["cuda_graphs"] = throughput(graphs, sizes, args.seconds)
     del graphs
     if "tensorrt" not in skip:
         result["tensorrt"] = _tensorrt(model, sizes, args.seconds)
@@ -177,7 +175,7 @@ def _records(name: str, level: int = logging.INFO) -> Iterator[list[logging.LogR
         logger.setLevel(old_level)
 
 
-def _throughput(engine: Engine, sizes: Sequence[int], seconds: float) -> dict[str, float]:
+def throughput(engine: Engine, sizes: Sequence[int], seconds: float) -> dict[str, float]:
     """Images/s per batch size through Engine.infer (host tensors in, probabilities out: what serving does)."""
     shape = (3, engine.model.preprocess.height, engine.model.preprocess.width)
     out = {}
@@ -244,7 +242,7 @@ def _tensorrt(model: Any, sizes: tuple[int, ...], seconds: float) -> dict[str, A
     assert engine is not None
     return {"provider": engine.provider, "first_start_s": starts[0], "cached_start_s": starts[1],
             "cache_reused": starts[1] < 0.5 * starts[0], "cache_dir": str(cache),
-            "images_per_s": _throughput(engine, sizes, seconds)}  # fmt: skip
+            "images_per_s": throughput(engine, sizes, seconds)}  # fmt: skip
 
 
 def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Sequence[int]) -> dict[str, Any]:
@@ -255,12 +253,10 @@ def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Seq
     the GIL: on many cores one instance stops scaling long before the GPU does, so a layout is judged against
     what its own processes can decode.
     """
-    import cv2
-
     from bench.stages import Durations, progress, run_kafka
 
-    cv2.setNumThreads(1)  # as processor.app.run: cv2's own threads would oversubscribe the decode pool's
     cores = os.cpu_count() or 1
+    events = _e2e_events()
     runs = []
     for k in instances:
         settings = _e2e_settings(model_dir, max(1, cores // k))
@@ -271,8 +267,8 @@ def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Seq
         args = argparse.Namespace(partitions=max(3, cores // 2), e2e_events=0, quick=False, no_progress=True,
                                   instances=k)  # fmt: skip
         with progress(1, True) as bar:
-            run_kafka(["e2e", "latency"], settings, _e2e_events(), Durations(e2e_s=seconds, latency_s=8.0), result,
-                      bar, args)  # fmt: skip
+            run_kafka(["e2e", "latency"], settings, events, Durations(e2e_s=seconds, latency_s=8.0), result, bar,
+                      args)  # fmt: skip
         latency = result.get("latency") or {}
         runs.append({"instances": k, "decode_workers_each": settings.decode_workers,
                      "decode_ceiling_images_per_s": round(decode, 1), "images_per_s": result.get("e2e_images_per_s"),
@@ -287,7 +283,7 @@ def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Seq
             "p50_ms_at_50pct": lat50.get("p50"), "p99_ms_at_50pct": lat50.get("p99")}  # fmt: skip
 
 
-def _e2e_settings(model_dir: Path, decode_workers: int) -> Any:
+def _e2e_settings(model_dir: Path, decode_workers: int) -> Settings:
     from processor.settings import load_settings
 
     return load_settings({"model_dir": model_dir, "model_variant": "fp16", "providers": "cuda",
@@ -318,7 +314,7 @@ def _decode_one(model_dir: Path, workers: int, seconds: float) -> float:
 
     from bench import inproc
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(1)  # as processor.app.run: cv2's own threads would oversubscribe the decode pool's
     return inproc.decode_only(_e2e_settings(model_dir, workers), _e2e_events(), seconds).images_per_s
 
 

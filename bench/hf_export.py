@@ -74,7 +74,7 @@ def graph_summary(path: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Export, compare with PyTorch, time against the builder's ViT-B/16, write the JSON."""
-    from bench.gpu import _throughput
+    from bench.gpu import throughput
     from bench.workload import prepare_model_dir
     from models.loader import find_variants, resolve_model
     from models.variants import derive_variants
@@ -98,12 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         probs = engine.infer(batch)
         result["variants"][variant] = {"provider": engine.provider,
                                        "max_abs_diff_vs_torch": float(np.abs(probs - reference).max()),
-                                       "images_per_s": _throughput(engine, sizes, args.seconds)}  # fmt: skip
+                                       "images_per_s": throughput(engine, sizes, args.seconds)}  # fmt: skip
         del engine
     ours = prepare_model_dir(None, "vit-b16", ["fp16"])
     result["builder"] = graph_summary(find_variants(ours)["fp32"])
     engine = Engine(resolve_model(ours, "fp16"), Providers.CUDA, require_gpu=False, max_batch_size=max(sizes))
-    result["builder"]["fp16"] = {"provider": engine.provider, "images_per_s": _throughput(engine, sizes, args.seconds)}
+    result["builder"]["fp16"] = {"provider": engine.provider, "images_per_s": throughput(engine, sizes, args.seconds)}
     args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
     return 0

@@ -62,6 +62,18 @@ class _Completion:
         self.last = 0.0
         self._expected: int | None = None
         self.all_done = threading.Event()
+        self.failures: list[InFlight] = []
+
+    def failed(self, item: InFlight) -> None:
+        """One event the decode stage refused: counted as done, and remembered for `raise_failures`."""
+        self.failures.append(item)
+        self.put(item)
+
+    def raise_failures(self) -> None:
+        """A bench event must never be refused: raise on the first one that was."""
+        if self.failures:
+            first = self.failures[0]
+            raise RuntimeError(f"decode failed for bench event {first.offset}: {first.error}")
 
     def put(self, item: InFlight) -> None:
         """One event decided (its outcome built)."""
@@ -105,19 +117,12 @@ def decode_only(settings: Settings, events: Sequence[SampleEvent], seconds: floa
     model = resolve_model(settings.model_dir, settings.model_variant.value)
     decoder = Decoder(Preprocessor(model.preprocess), limits_of(settings), None)
     completion = _Completion(4 * settings.decode_workers)
-    failures: list[InFlight] = []
-
-    def failed(item: InFlight) -> None:
-        failures.append(item)
-        completion.put(item)
-
-    pool = DecodePool(decoder, settings.decode_workers, completion.put, failed)
+    pool = DecodePool(decoder, settings.decode_workers, completion.put, completion.failed)
     try:
         run = _drive(pool.submit, events, seconds, completion)
     finally:
         pool.shutdown()
-    if failures:
-        raise RuntimeError(f"decode failed for bench event {failures[0].offset}: {failures[0].error}")
+    completion.raise_failures()
     return run
 
 
@@ -200,7 +205,6 @@ def bare_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: flo
     engine.warm_up(pre.shape, (1, BARE_BATCH))
     completion = _Completion(min(settings.max_in_flight, 2 * BARE_BATCH + 2 * settings.decode_workers))
     decoded: queue.SimpleQueue[InFlight] = queue.SimpleQueue()
-    failures: list[InFlight] = []
     stop = threading.Event()
 
     def infer_loop() -> None:
@@ -218,11 +222,7 @@ def bare_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: flo
             for item in items:
                 completion.put(item)
 
-    def failed(item: InFlight) -> None:
-        failures.append(item)
-        completion.put(item)
-
-    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, decoded.put, failed)
+    pool = DecodePool(Decoder(pre, limits_of(settings), None), settings.decode_workers, decoded.put, completion.failed)
     thread = threading.Thread(target=infer_loop, name="bare-inference", daemon=True)
     thread.start()
     try:
@@ -231,6 +231,5 @@ def bare_ceiling(settings: Settings, events: Sequence[SampleEvent], seconds: flo
         stop.set()
         thread.join(5)
         pool.shutdown(wait=False)
-    if failures:
-        raise RuntimeError(f"decode failed for bench event {failures[0].offset}: {failures[0].error}")
+    completion.raise_failures()
     return StageRun(run.images, run.seconds, provider=engine.provider, cpu_s=run.cpu_s)

@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ class KafkaRun:
         try:
             for proc in procs:
                 proc.wait_ready()
-            yield Running(procs[0], collector, sampler, topics[0], procs)
+            yield Running(procs[0], collector, sampler, topics[0])
         finally:
             codes = [proc.stop() for proc in procs]
             sampler.stop()
@@ -278,7 +278,6 @@ class Running:
     collector: OutputCollector
     sampler: ResourceSampler
     topic: str
-    all_procs: list[ProcessorProcess] = field(default_factory=list)  # proc and its siblings (--instances)
 
 
 def cpu_window(running: Running, broker_pid: int | None, *, bench: bool = False) -> CpuWindow:
