@@ -55,7 +55,6 @@ class SloController:
         self.wait_s = self.max_wait_s
         self._latencies: deque[float] = deque(maxlen=WINDOW)
         self._fills: deque[float] = deque(maxlen=ADJUST_EVERY)
-        self._inference: deque[tuple[float, int]] = deque(maxlen=ADJUST_EVERY)  # (seconds, rows) per batch
         self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
         self._busy: deque[tuple[float, float]] = deque(maxlen=ADJUST_EVERY + 1)  # (monotonic end, inference s)
         self._costs: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (rows, inference s) per batch
@@ -77,7 +76,6 @@ class SloController:
             self._waits.append(batch_wait_s)
             self._busy.append((self._clock(), inference_s))
             if inference_s > 0 and batch_rows > 0:
-                self._inference.append((inference_s, batch_rows))
                 self._costs.append((batch_rows, inference_s))
                 if len(self._costs) <= ADJUST_EVERY or self._batches % ADJUST_EVERY == 0:
                     self._fit = fit_cost(self._costs)
@@ -114,11 +112,12 @@ class SloController:
         return self._fit
 
     def _inference_cap(self) -> int:
-        """Rows whose inference fits in INFERENCE_SHARE of the target, at the recently measured cost per row."""
-        rows = sum(r for _, r in self._inference)
+        """Rows whose inference fits in INFERENCE_SHARE of the target, at the cost per row of the last batches."""
+        recent = list(self._costs)[-ADJUST_EVERY:]
+        rows = sum(r for r, _ in recent)
         if not rows:
             return self.max_batch_size
-        per_row_s = sum(s for s, _ in self._inference) / rows
+        per_row_s = sum(s for _, s in recent) / rows
         return max(1, int(INFERENCE_SHARE * self.target_s / per_row_s))
 
 
