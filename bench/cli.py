@@ -34,6 +34,7 @@ STAGES = ("decode", "model", "pipeline", "bare", "baseline", "e2e", "latency", "
 # Opt-in (--stages): minutes each, on Apache Kafka (bench.goodput).
 POLICY_STAGES = ("partitions", "goodput")
 DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
+ARCHS = ("vit-tiny", "vit-ti16", "vit-b16")  # models.builder.ARCHS, without importing onnx
 FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the full-size (ViT-B/16) targets
 
 
@@ -42,8 +43,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark every stage, decode to Kafka end to end, latency and SLO batching",
                        description=__doc__)  # fmt: skip
     p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
-    p.add_argument("--arch", choices=("vit-tiny", "vit-ti16", "vit-b16"), default=None,
+    p.add_argument("--arch", choices=ARCHS, default=None,
                    help="build this architecture (plus int8) into ~/.cache/deepfake-processor/models")  # fmt: skip
+    p.add_argument("--also-arch", type=_csv, default=[], metavar="ARCHS",
+                   help="goodput: replay the same traces on these architectures too, in the same run (one "
+                        "Markdown section, one plot)")  # fmt: skip
     p.add_argument("--variants", type=_csv, default=None, help="variants to bench, comma list (default: all)")
     p.add_argument("--batch-sizes", type=_ints, default=_ints(DEFAULT_BATCH_SIZES), help="model-only batch sizes")
     p.add_argument("--sizes", default="640x480,1280x720", help="image sizes WxH, cycled")
@@ -106,24 +110,43 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"bench: unknown stage(s): {', '.join(unknown)} (stages: {', '.join(known)})")
         return 2
     todo = [s for s in known if s in args.stages and s not in args.skip]
+    unknown_archs = sorted(set(args.also_arch) - set(ARCHS))
+    if unknown_archs or (args.also_arch and "goodput" not in todo):
+        print(f"bench: --also-arch takes {', '.join(ARCHS)} and goes with the goodput stage")
+        return 2
     model_dir = prepare_model_dir(args.model_dir, args.arch, args.variants)
     variants = inproc.model_variants(model_dir, args.variants)
     settings = _settings(args, model_dir, variants[0] if args.variants else "auto")
     result = _new_result(args, settings, model_dir, variants)
     result["settings"]["stages"] = todo
     events = list(iter_events(64, parse_sizes(args.sizes), args.formats))
-    with progress(len(todo), args.no_progress) as bar:
+    with progress(len(todo) + len(args.also_arch), args.no_progress) as bar:
         settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
         if {"baseline", "e2e", "latency", "slo"} & set(todo):
             run_kafka(todo, settings, events, _durations(args), result, bar, args)
         if set(POLICY_STAGES) & set(todo):
             run_policy_stages(todo, settings, events, result, bar, args)
+            result["also"] = [_goodput_on(arch, args, events, bar) for arch in args.also_arch]
     _finish(result, model_dir, settings)
     if set(todo) <= set(POLICY_STAGES):
         _report_policies(result, args)  # the main section and plot stay as the last full run left them
     else:
         _report(result, args)
     return 0
+
+
+def _goodput_on(arch: str, args: argparse.Namespace, events: list[Any], bar: Any) -> dict[str, Any]:
+    """The goodput stage once more, on another architecture: the same traces (as shares of its own saturated
+    rate), the same policies and bounds, on a broker of its own. Its settings and goodput rows."""
+    model_dir = prepare_model_dir(None, arch, args.variants)
+    variants = inproc.model_variants(model_dir, args.variants)
+    settings = _settings(args, model_dir, variants[0] if args.variants else "auto")
+    result = _new_result(args, settings, model_dir, variants)
+    result["settings"]["label"] = model_dir.resolve().name
+    result["settings"]["served_variant"] = resolve_model(model_dir, settings.model_variant.value).variant
+    run_policy_stages(["goodput"], settings, events, result, bar, args)
+    _finish(result, model_dir, settings)
+    return {"settings": result["settings"], "goodput": result["goodput"]}
 
 
 def _durations(args: argparse.Namespace) -> Durations:
@@ -187,24 +210,27 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _report_policies(result: dict[str, Any], args: argparse.Namespace) -> None:
-    """goodput/partitions only: their JSON, their own Markdown section and plot."""
-    label = f"goodput-{result['settings']['label']}"
+    """goodput/partitions only: their JSON, their own Markdown section and plot (one per run, every model)."""
+    models = [result, *result.get("also", [])]
+    label = "goodput-" + "+".join(r["settings"]["label"] for r in models)
     png = goodput_plot(result, Path(args.plot_dir) / f"{label}.png") if args.plot_dir else None
     json_name = str(args.json) if args.json else None
     if args.markdown:
         path = Path(args.markdown)
         m = result["machine"]
-        lines = [f"#### {label} — {result['settings']['served_variant']} ({m['date']}; {m['cpu_model']}, "
-                 f"{m['cores']} cores, load average {m['load_average_1m']} at start, "
-                 f"{m.get('load_average_1m_end', '?')} at end)", "", f"- Command: `{m['command_line']}`", "",
-                 *partitions_lines(result, json_name), "", *goodput_tables(result, json_name)]  # fmt: skip
+        lines = [f"#### {label} ({m['date']}; {m['cpu_model']}, {m['cores']} cores, load average "
+                 f"{m['load_average_1m']} at start, {m.get('load_average_1m_end', '?')} at end)", "",
+                 f"- Command: `{m['command_line']}`", "", *partitions_lines(result, json_name)]  # fmt: skip
+        for r in models:
+            lines += ["", f"**{r['settings']['label']}** ({r['settings']['served_variant']}):", "",
+                      *goodput_tables(r, json_name)]  # fmt: skip
         if png is not None:
             lines += ["", f"![{label}]({os.path.relpath(png, path.parent)})"]
         write_section(path, label, "\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print("\n".join([*partitions_lines(result), *goodput_tables(result)]))
+    print("\n".join([*partitions_lines(result), *(line for r in models for line in goodput_tables(r))]))
 
 
 def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path | None) -> None:

@@ -73,30 +73,38 @@ def _runs(runs: dict[str, list[float]]) -> str:
 
 
 def goodput_plot(result: dict[str, Any], path: Path) -> Path | None:
-    """Goodput (left) and p99 (right, log scale, with the SLO) per policy across the traces."""
-    g = result.get("goodput")
-    if not g:
+    """Per model of the run (a row each): goodput (left) and p99 (right, log scale, with the SLO) per policy."""
+    models = [r for r in (result, *result.get("also", [])) if r.get("goodput")]
+    if not models:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)), squeeze=False)
+    for (left, right), model in zip(axes, models, strict=True):
+        _plot_model(left, right, model)
+    m = result["machine"]
+    title = f"Batching policies on Apache Kafka; {m['cpu_model']}, {m['cores']} cores"
+    return save_figure(fig, title, path)
+
+
+def _plot_model(left: Any, right: Any, model: dict[str, Any]) -> None:
+    g, label = model["goodput"], model["settings"]["label"]
     names = list(g["traces"])
     labels = [n.removeprefix("poisson") + " %" if n.startswith("poisson") else n for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for policy, rows in g["policies"].items():
         style = {"linewidth": 2.5, "marker": "*", "markersize": 10} if policy == "slo" else {"marker": "o"}
-        label = NAMES.get(policy, policy).strip("*")
-        left.plot(labels, [rows[n]["goodput_per_s"] for n in names], label=label, **style)
-        right.plot(labels, [rows[n]["p99_ms"] for n in names], label=label, **style)
+        name = NAMES.get(policy, policy).strip("*")
+        left.plot(labels, [rows[n]["goodput_per_s"] for n in names], label=name, **style)
+        right.plot(labels, [rows[n]["p99_ms"] for n in names], label=name, **style)
     offered = [g["traces"][n]["mean_rate_per_s"] for n in names]
     left.plot(labels, offered, linestyle=":", color="grey", label="offered")
-    left.set(xlabel="trace (load, % of the saturated rate)", ylabel="results within SLO per s", title="Goodput")
+    left.set(xlabel="trace (load, % of the saturated rate)", ylabel="results within SLO per s",
+             title=f"{label}: goodput")  # fmt: skip
     right.axhline(g["plan"]["latency_target_ms"], color="black", linestyle="--", label="SLO")
-    right.set(yscale="log", xlabel="trace", ylabel="p99 latency (ms)", title="p99 end to end (Kafka timestamps)")
+    right.set(yscale="log", xlabel="trace", ylabel="p99 latency (ms)",
+              title=f"{label}: p99 end to end (Kafka timestamps)")  # fmt: skip
     left.legend(fontsize=7)
     right.legend(fontsize=7)
-    m = result["machine"]
-    title = f"{result['settings']['label']} — batching policies on Apache Kafka; {m['cpu_model']}, {m['cores']} cores"
-    return save_figure(fig, title, path)

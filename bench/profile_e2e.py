@@ -87,7 +87,7 @@ def top_frames(raw: str, limit: int = 20) -> list[dict[str, Any]]:
             for (s, f, leaf), n in counts.most_common(limit)]  # fmt: skip
 
 
-def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str]) -> dict[str, Any]:
+def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], idle: bool = False) -> dict[str, Any]:
     """Drain `events` through one processor on Apache Kafka under py-spy; the stage split and the totals."""
     import psutil
 
@@ -119,6 +119,8 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str]) 
             cpu0, wall0 = sum(process.cpu_times()[:2]), time.monotonic()
             cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid), "--format", "raw",
                    "--rate", str(rate), "--nonblocking", "-o", str(workdir / "raw.txt")]  # fmt: skip
+            if idle:
+                cmd += ["--idle", "--threads"]
             with (workdir / "py-spy.log").open("wb") as spy_log:
                 spy = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
             wait_for_outputs(collector, "prof-", events, proc, 600.0)
@@ -129,6 +131,8 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str]) 
             proc.stop()
             collector.close()
         raw = (workdir / "raw.txt").read_text() if (workdir / "raw.txt").exists() else ""
+        if idle:
+            Path("/tmp/raw-idle.txt").write_text(raw)
     cpu_ms = 1000.0 * cpu_s / events
     return {"events": events, "partitions": partitions, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
             "events_per_s": round(events / wall_s, 1), "cpu_ms_per_event": round(cpu_ms, 3),
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    result = profile(args.events, args.partitions, args.rate, extra)
+    result = profile(args.events, args.partitions, args.rate, extra, idle=True)
     for stage, row in result["stages"].items():
         print(f"{stage:42} {100 * row['share']:5.1f} %  {row['cpu_ms_per_event']:7.3f} CPU ms/event")
     print(f"{result['events_per_s']} events/s, {result['cpu_ms_per_event']} CPU ms/event, {result['cores_busy']} cores")

@@ -291,12 +291,14 @@ def cpu_window(running: Running, broker_pid: int | None, *, bench: bool = False)
     if bench:
         me = psutil.Process()
         probes["bench (producer, reader)"] = lambda: float(sum(me.cpu_times()[:2]))
+        # Cores no process used: a processor short of CPU while cores sit idle is stalling, not starved.
+        probes["idle"] = lambda: float(psutil.cpu_times().idle)
     return CpuWindow(probes)
 
 
 def _stage_e2e(running: Running, n: int, result: dict[str, Any], bar: Any, broker_pid: int | None) -> None:
     bar.set_description("end to end")
-    cpu = cpu_window(running, broker_pid)
+    cpu = cpu_window(running, broker_pid, bench=True)
     with progress(n, bar.disable, desc="e2e outputs", unit="ev", leave=False) as inner:
         timeout = max(180.0, 10.0 * n / _estimate(result))
         outputs = wait_for_outputs(running.collector, "e2e-", n, running.proc, timeout,

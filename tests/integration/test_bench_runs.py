@@ -37,24 +37,39 @@ def test_quick_bench_through_the_embedded_broker_measures_every_stage(tmp_path: 
 
 
 @pytest.mark.slow
-def test_quick_goodput_and_partitions_on_the_embedded_broker_write_the_json_shape(tmp_path: Path) -> None:
+def test_quick_goodput_and_partitions_on_two_models_in_one_run_write_the_json_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # --also-arch builds ViT-Ti into ~/.cache: this test's own
     out, md = tmp_path / "goodput.json", tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nBy hand.\n")
     code = main(["bench", "--quick", "--no-progress", "--stages", "goodput,partitions", "--broker", "tansu",
-                 "--policies", "slo", "--partitions", "1", "--json", str(out), "--markdown", str(md),
-                 "--plot-dir", str(tmp_path / "img")])  # fmt: skip
+                 "--policies", "slo", "--also-arch", "vit-ti16", "--partitions", "1", "--json", str(out),
+                 "--markdown", str(md), "--plot-dir", str(tmp_path / "img")])  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    goodput = result["goodput"]
-    assert goodput["max_images_per_s"] > 0 and goodput["max_images_per_s_after"] > 0
-    assert set(goodput["policies"]) == {"slo"}
-    rows = goodput["policies"]["slo"]
-    assert set(rows) == {"poisson25", "poisson50", "poisson75", "poisson90", "bursty", "final"}
-    for name in goodput["traces"]:
-        row = rows[name]
-        assert row["events"] == goodput["plan"]["samples"] and 0 < row["p50_ms"] <= row["p99_ms"]
-        assert 0 <= row["within_slo"] <= row["events"] and row["goodput_per_s"] >= 0
     assert result["partitions"]["images_per_s"]["1"] > 0 and result["partitions"]["ratio_1_over_6"] > 0
+    (ti,) = result["also"]
+    assert result["settings"]["label"] == "vit-tiny" and ti["settings"]["label"] == "vit-ti16"
+    assert ti["settings"]["served_variant"] == "int8"
+    for goodput in (result["goodput"], ti["goodput"]):
+        assert goodput["max_images_per_s"] > 0 and goodput["max_images_per_s_after"] > 0
+        assert set(goodput["policies"]) == {"slo"}
+        rows = goodput["policies"]["slo"]
+        assert set(rows) == {"poisson25", "poisson50", "poisson75", "poisson90", "bursty", "final"}
+        for name in goodput["traces"]:
+            row = rows[name]
+            assert row["events"] == goodput["plan"]["samples"] and 0 < row["p50_ms"] <= row["p99_ms"]
+            assert 0 <= row["within_slo"] <= row["events"] and row["goodput_per_s"] >= 0
+    # The two models' saturated rates differ (ViT-Ti is ~5x slower): each trace is set from its own model's.
+    assert ti["goodput"]["max_images_per_s"] < result["goodput"]["max_images_per_s"]
     text = md.read_text()
-    assert text.startswith("# Benchmarks\n\nBy hand.") and "bench:goodput-vit-tiny:begin" in text
-    assert (tmp_path / "img" / "goodput-vit-tiny.png").stat().st_size > 0
+    assert text.startswith("# Benchmarks\n\nBy hand.") and "bench:goodput-vit-tiny+vit-ti16:begin" in text
+    assert "**vit-tiny** (fp32)" in text and "**vit-ti16** (int8)" in text
+    assert (tmp_path / "img" / "goodput-vit-tiny+vit-ti16.png").stat().st_size > 0
+
+
+def test_also_arch_without_the_goodput_stage_is_refused(tmp_path: Path) -> None:
+    code = main(["bench", "--quick", "--no-progress", "--stages", "partitions", "--also-arch", "vit-ti16",
+                 "--json", str(tmp_path / "x.json"), "--markdown", "", "--plot-dir", ""])  # fmt: skip
+    assert code == 2 and not (tmp_path / "x.json").exists()
