@@ -131,13 +131,11 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
             proc.stop()
             collector.close()
         raw = (workdir / "raw.txt").read_text() if (workdir / "raw.txt").exists() else ""
-        if idle:
-            Path("/tmp/raw-idle.txt").write_text(raw)
     cpu_ms = 1000.0 * cpu_s / events
     return {"events": events, "partitions": partitions, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
             "events_per_s": round(events / wall_s, 1), "cpu_ms_per_event": round(cpu_ms, 3),
             "cores_busy": round(cpu_s / wall_s, 2), "py_spy_rate_hz": rate, "settings": env_extra,
-            "stages": summarise(raw, cpu_ms), "top_frames": top_frames(raw)}  # fmt: skip
+            "idle_threads_sampled": idle, "stages": summarise(raw, cpu_ms), "top_frames": top_frames(raw)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--set", action="append", default=[], metavar="DFP_NAME=VALUE", help="extra processor settings")
+    p.add_argument("--idle", action="store_true",
+                   help="sample waiting threads too (py-spy --idle --threads): shares are then of thread time, "
+                        "not CPU, and show where each thread waits")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    result = profile(args.events, args.partitions, args.rate, extra, idle=True)
+    result = profile(args.events, args.partitions, args.rate, extra, idle=args.idle)
     for stage, row in result["stages"].items():
         print(f"{stage:42} {100 * row['share']:5.1f} %  {row['cpu_ms_per_event']:7.3f} CPU ms/event")
     print(f"{result['events_per_s']} events/s, {result['cpu_ms_per_event']} CPU ms/event, {result['cores_busy']} cores")
