@@ -14,8 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import numpy as np
-
 from processor.errors import ProcessorError
 from processor.inflight import Headers, InFlight, Outcome
 from processor.telemetry.metrics import Metrics
@@ -96,7 +94,9 @@ def result_fields(item: InFlight) -> dict[str, Any]:
     assert item.probs is not None and item.scored_by is not None
     labels, model = item.scored_by.labels, item.scored_by.ref
     rows: list[list[float]] = item.probs.tolist()  # Python floats: rounding a numpy scalar costs ~10x more
-    worst = int(np.argmax(item.probs[:, labels.fake_index]))
+    fake = labels.fake_index
+    # Plain Python: np.argmax on a one-row array cost 3.6 % of the scoring thread (py-spy, e2e on Kafka).
+    worst = 0 if len(rows) == 1 else max(range(len(rows)), key=lambda i: rows[i][fake])
     label, is_fake, fake_score, scores = labels.fields(rows[worst])
     faces = None
     if item.faces:

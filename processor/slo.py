@@ -59,6 +59,7 @@ class SloController:
         self._busy: deque[tuple[float, float]] = deque(maxlen=ADJUST_EVERY + 1)  # (monotonic end, inference s)
         self._costs: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (rows, inference s) per batch
         self._fit = (0.0, 0.0)  # (a s per row, b s per batch), refitted every ADJUST_EVERY batches
+        self._cap = max_batch_size  # inference_cap(), recomputed per batch (the batcher reads it per decision)
         self._batches = 0
         self._lock = threading.Lock()
 
@@ -79,6 +80,7 @@ class SloController:
                 self._costs.append((batch_rows, inference_s))
                 if len(self._costs) <= ADJUST_EVERY or self._batches % ADJUST_EVERY == 0:
                     self._fit = fit_cost(self._costs)
+                self._cap = self._rows_within_inference_share()
             self._batches += 1
             if self._batches % ADJUST_EVERY == 0 and len(self._latencies) >= 16:
                 self._adjust(float(np.percentile(np.fromiter(self._latencies, float), 99)))
@@ -95,7 +97,7 @@ class SloController:
         elif p99_s < LOW * self.target_s:
             self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
             self.limit = min(self.max_batch_size, self.limit + max(1, self.limit // 8))
-        self.limit = max(1, min(self.limit, self._inference_cap()))
+        self.limit = max(1, min(self.limit, self._cap))
         if self.utilization() < IDLE_UTILIZATION:
             self.wait_s = MIN_WAIT_S
         self._latencies.clear()
@@ -111,8 +113,11 @@ class SloController:
         """(a, b): inference ≈ a·rows + b seconds, fitted over the last COST_WINDOW batches ((0, 0) before any)."""
         return self._fit
 
-    def _inference_cap(self) -> int:
+    def inference_cap(self) -> int:
         """Rows whose inference fits in INFERENCE_SHARE of the target, at the cost per row of the last batches."""
+        return self._cap
+
+    def _rows_within_inference_share(self) -> int:
         recent = list(self._costs)[-ADJUST_EVERY:]
         rows = sum(r for r, _ in recent)
         if not rows:

@@ -82,3 +82,21 @@ def test_processed_at_is_utc_iso_to_the_millisecond() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp
     parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
+
+
+def test_an_events_score_is_its_most_fake_face() -> None:
+    from types import SimpleNamespace
+
+    from processor.inflight import InFlight
+    from processor.outcomes import result_fields
+    from schemas.events import FaceBox
+
+    boxes = [FaceBox(x=i, y=0, width=10, height=10) for i in range(4)]
+    probs = np.array([[0.8, 0.2], [0.1, 0.9], [0.3, 0.7], [0.1, 0.9]], dtype=np.float32)
+    engine = SimpleNamespace(labels=REAL_FAKE, ref="vit@fp32")
+    item = InFlight("in", 0, 0, None, b"", None, None, faces=boxes, probs=probs, scored_by=engine)  # type: ignore[arg-type]
+    fields = result_fields(item)
+    assert (fields["label"], fields["fake_score"]) == ("Fake", pytest.approx(0.9))
+    assert [f.fake_score for f in fields["faces"]] == pytest.approx([0.2, 0.9, 0.7, 0.9])
+    alone = InFlight("in", 0, 0, None, b"", None, None, probs=probs[:1], scored_by=engine)  # type: ignore[arg-type]
+    assert (result_fields(alone)["label"], result_fields(alone)["faces"]) == ("Real", None)
