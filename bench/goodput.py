@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.e2e import e2e_run, latency_percentiles, metric_samples, scrape_gauges, wait_for_outputs
-from bench.kafka import input_timestamps
+from bench.kafka import Output, input_timestamps
 from bench.stages import KafkaRun, Running
 from bench.workload import relabelled
 from devtools.samples import SampleEvent
@@ -270,9 +270,37 @@ def _measure(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray) 
                               {(o.partition, o.offset) for o in scored})  # fmt: skip
     latencies = [float(o.timestamp_ms - stamps[(o.partition, o.offset)]) for o in scored
                  if (o.partition, o.offset) in stamps]  # fmt: skip
-    return {"latencies": latencies, "dead_letters": len(replay["outputs"]) - len(scored),
+    splits = [latency_split(o, stamps[(o.partition, o.offset)]) for o in scored if (o.partition, o.offset) in stamps]
+    return {"latencies": latencies, "splits": splits, "dead_letters": len(replay["outputs"]) - len(scored),
             "rows": rows_after - rows_before, "batches": batches_after - batches_before,
             "late_p99_ms": replay["sent"]["late_p99_ms"]}  # fmt: skip
+
+
+SPLIT = ("before the processor", "decode queue", "decode", "batcher + inference", "ordering + produce")
+
+
+def latency_split(output: Output, input_ms: int) -> tuple[float, ...]:
+    """One result's end-to-end latency in the SPLIT parts (ms), from its Kafka timestamps and its timings.
+
+    Before the processor: the input's Kafka timestamp to the processor's poll (producer, broker, fetch). Inside
+    it, from the result's timings_ms: waiting for a decode worker, decoding, then batcher and inference. After
+    it: the result built to the output's Kafka timestamp (held for offset order, produced). One host, one clock.
+    """
+    t = output.timings_ms or {}
+    polled = output.first_poll_ms or float(input_ms)
+    inside = t.get("total", 0.0)
+    rest = inside - t.get("queue", 0.0) - t.get("decode", 0.0)
+    return (polled - input_ms, t.get("queue", 0.0), t.get("decode", 0.0), rest,
+            output.timestamp_ms - (polled + inside))  # fmt: skip
+
+
+def slowest_split(latencies: list[float], splits: list[tuple[float, ...]], share: float = 0.01) -> dict[str, float]:
+    """Where the slowest `share` of events (those at or past the p99) spent their time: mean ms per SPLIT part."""
+    if not latencies:
+        return {}
+    cut = float(np.percentile(latencies, 100 * (1 - share)))
+    tail = np.array([s for ms, s in zip(latencies, splits, strict=True) if ms >= cut], dtype=np.float64)
+    return {name: round(float(v), 1) for name, v in zip(SPLIT, tail.mean(axis=0), strict=True)}
 
 
 def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: GoodputPlan) -> dict[str, Any]:
@@ -286,5 +314,6 @@ def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: Goo
             "dead_letters": sum(p["dead_letters"] for p in parts), "within_slo": within,
             "goodput_per_s": round(within / seconds, 2), "within_fraction": round(within / max(1, len(offsets)), 4),
             **latency_percentiles(latencies or [0.0]), "max_ms": round(max(latencies or [0.0]), 2),
+            "p99_split_ms": slowest_split(latencies, [s for part in parts for s in part["splits"]]),
             "mean_batch_size": round(rows / batches, 2) if batches else None,
             "producer_late_p99_ms": max(p["late_p99_ms"] for p in parts)}  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.goodput import SPLIT
 from processor.cli import main
 from tests.procs import run_bench
 
@@ -61,6 +62,7 @@ def test_quick_goodput_and_partitions_on_two_models_in_one_run_write_the_json_sh
             row = rows[name]
             assert row["events"] == goodput["plan"]["samples"] and 0 < row["p50_ms"] <= row["p99_ms"]
             assert 0 <= row["within_slo"] <= row["events"] and row["goodput_per_s"] >= 0
+            assert list(row["p99_split_ms"]) == list(SPLIT) and row["p99_split_ms"]["decode"] > 0
     # The two models' saturated rates differ (ViT-Ti is ~5x slower): each trace is set from its own model's.
     assert ti["goodput"]["max_images_per_s"] < result["goodput"]["max_images_per_s"]
     text = md.read_text()

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.goodput import GoodputPlan, bursty_trace, poisson_trace, traces
+from bench.goodput import SPLIT, GoodputPlan, bursty_trace, latency_split, poisson_trace, slowest_split, traces
 from bench.goodput_report import goodput_tables, partitions_lines
+from bench.kafka import Output
 
 PLAN = GoodputPlan(max_batch_size=64, max_batch_wait_ms=50.0, latency_target_ms=100.0, samples=2000,
                    max_events=100, warm_up_s=1.0, burst_mean_pct=40.0, burst_on_s=1.0)  # fmt: skip
@@ -53,7 +54,8 @@ def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json(
                           "max_images_per_s": 200.0,
                           "traces": {"poisson90": {"mean_rate_per_s": 180.0}, "bursty": {"mean_rate_per_s": 80.0}},
                           "policies": {"fixed": {"poisson90": _row(60.0, 900.0), "bursty": _row(70.0, 300.0)},
-                                       "slo": {"poisson90": _row(170.0, 95.0), "bursty": _row(78.0, 90.0)}}},
+                                       "slo": {"poisson90": {**_row(170.0, 95.0), "p99_split_ms": SPLIT_90},
+                                               "bursty": _row(78.0, 90.0)}}},
               "partitions": {"events": 3000, "images_per_s": {"1": 190.0, "6": 200.0, "1, 16 MiB fetches": 194.0},
                              "ratio_1_over_6": 0.95, "ratio_1_big_fetch_over_6": 0.97, "runs": {"1": [190.0]},
                              "met": True, "settings": {"max_batch_size": 32, "max_batch_wait_ms": 5.0}}}  # fmt: skip
@@ -63,3 +65,20 @@ def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json(
     assert "| bursty, mean 40 %, 3x peaks (80.0/s) | 10 / 300 (b=4.00) | 10 / 90 (b=4.00) |" in table
     assert "`docs/bench/goodput.json`" in table and "Samples per cell: 1000 events" in table
     assert "ratio **0.950** (target ≥ 0.9: met)" in partitions_lines(result)[0]
+    assert "| Poisson 90 % (180.0/s) | 4 | 30 | 3 | 50 | 8 |" in table  # ours' slowest 1 %, where it waited
+
+
+SPLIT_90 = dict(zip(SPLIT, (4.0, 30.0, 3.0, 50.0, 8.0), strict=True))
+
+
+def test_a_results_latency_splits_into_before_inside_and_after_the_processor_adding_up() -> None:
+    # Input stamped at 1,000 ms; polled at 1,004; 40 ms inside (30 waiting for decode, 3 decoding); out at 1,052.
+    out = Output("e", 1052, 1004.0, 0, 7, {"queue": 30.0, "decode": 3.0, "inference": 2.0, "total": 40.0}, False)
+    split = latency_split(out, 1000)
+    assert split == pytest.approx((4.0, 30.0, 3.0, 7.0, 8.0)) and sum(split) == pytest.approx(52.0)
+
+
+def test_the_p99_split_averages_only_the_slowest_events() -> None:
+    latencies = [10.0] * 99 + [500.0]
+    splits = [(1.0, 1.0, 1.0, 1.0, 6.0)] * 99 + [(10.0, 400.0, 5.0, 80.0, 5.0)]
+    assert slowest_split(latencies, splits) == dict(zip(SPLIT, (10.0, 400.0, 5.0, 80.0, 5.0), strict=True))
