@@ -203,6 +203,7 @@ AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head m
 # ~30 % per row from batch 1 to 4 (1.28 by the fit): at 1.5 it counted as "does not pay", ran work-conserving
 # in batches of ~2, and lost to Triton's wait-for-a-partner at 75 % load in both goodput runs.
 PAYS = 1.2
+CONGESTED = 0.2  # of the target, spent by the head before the batcher (fetch, decode queue, decode): a queue
 
 
 class SloPolicy(BatchPolicy):
@@ -222,7 +223,13 @@ class SloPolicy(BatchPolicy):
         a, b = c.cost_model()
         # Judged at the largest batch the law allows (not its current limit, which moves with the latency).
         pays = self._batching_pays(a, b, min(self.max_batch_size, c.inference_cap()))
-        self.limit, self.wait_s = c.limit, (c.wait_s if pays else 0.0)
+        # Waiting for a fuller batch pays while the model is the bottleneck, or while events queue before the
+        # batcher: on a CPU, decode and inference share the cores, so the CPU a fuller batch saves goes to
+        # that queue. The goodput bench found the slowest 1 % on the tiny model spending 60-270 ms waiting for
+        # a decode worker and under 10 ms in batcher and inference together.
+        congested = q.head_age_s - q.oldest_wait_s > CONGESTED * c.target_s
+        may_wait = pays and (congested or not c.model_idle)
+        self.limit, self.wait_s = c.limit, (c.wait_s if may_wait else 0.0)
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now
             self.late_batches += 1
@@ -234,7 +241,7 @@ class SloPolicy(BatchPolicy):
             # Where batching does not pay, a batch past the law's limit (at most half the target's worth
             # of inference) clears the backlog no faster and blocks the model for everyone behind it.
             return Decision(self.limit)
-        if not pays:
+        if not may_wait:
             # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
             # batch runs, so batch size follows load by itself; waiting would only add latency. The batch
             # stops at the rows that still land the head in time: the rest go next, not all of them late.

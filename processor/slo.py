@@ -16,8 +16,9 @@ with the target, aiming below it (noise makes a controller that aims at the targ
 - always: wait at most a tenth of the target (and MAX_BATCH_WAIT_MS). Waiting spends the slack that absorbs
   noise (a shared CPU, a GC pause, a slow produce); the goodput bench on Apache Kafka showed a controller free
   to wait half the target land its events near the target and lose them to the first hiccup;
-- always: while the model is busy less than half the time, do not wait at all. A fuller batch only pays when
-  the model is the bottleneck; an idle model would score the next event as soon as it came anyway.
+- always: while the model is busy less than half the time, the policy does not wait (`model_idle`): an idle
+  model would score the next event as soon as it came anyway — unless events queue before the batcher (see
+  processor.policies: on a CPU, decode and inference share the cores, and a fuller batch frees CPU for them).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SloController:
         self.max_batch_size = max_batch_size
         self.max_wait_s = min(max_wait_s, WAIT_BUDGET * target_s)
         self.over_target = False  # the last adjustment saw p99 above the target
+        self.model_idle = False  # the last adjustment saw inference take under IDLE_UTILIZATION of the wall time
         self.limit = max_batch_size
         self.wait_s = self.max_wait_s
         self._latencies: deque[float] = deque(maxlen=WINDOW)
@@ -98,8 +100,7 @@ class SloController:
             self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
             self.limit = min(self.max_batch_size, self.limit + max(1, self.limit // 8))
         self.limit = max(1, min(self.limit, self._cap))
-        if self.utilization() < IDLE_UTILIZATION:
-            self.wait_s = MIN_WAIT_S
+        self.model_idle = self.utilization() < IDLE_UTILIZATION
         self._latencies.clear()
 
     def utilization(self) -> float:

@@ -155,6 +155,23 @@ def test_a_cpu_model_that_saves_a_fifth_per_row_in_batches_counts_as_paying_but_
     assert lost.over_target and SloPolicy(lost).decide(_q(200, age=0.5)).take == lost.inference_cap() == 9
 
 
+def test_where_batching_pays_an_idle_model_waits_only_while_events_queue_before_the_batcher() -> None:
+    now = [0.0]
+    slo = SloController(target_s=0.1, max_batch_size=64, max_wait_s=0.05, clock=lambda: now[0])
+    for i in range(2 * ADJUST_EVERY):
+        now[0] += 0.05  # a batch every 50 ms, 3-6 ms of inference each: the model idles most of the time
+        rows = (1, 4, 8, 16)[i % 4]
+        slo.observe([0.03] * 4, rows, GPU[0] * rows + GPU[1], 0.001)
+    slo.wait_s = 0.005
+    policy = SloPolicy(slo)
+    assert slo.model_idle
+    # The head came straight to the batcher (2 ms since its Kafka timestamp): nothing queues, so it goes now.
+    assert policy.decide(_q(3, oldest=0.001, age=0.003)).take >= 3 and policy.wait_s == 0.0  # all 3 go
+    # It spent 30 ms before the batcher (a decode queue): a fuller batch frees the shared CPU for that queue.
+    waiting = policy.decide(_q(3, oldest=0.001, age=0.031))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.004) and policy.wait_s == 0.005
+
+
 def test_unset_policy_is_slo_with_a_latency_target_and_fixed_without() -> None:
     assert make_policy(None, 8, 0.01).name == PolicyName.FIXED
     assert make_policy(None, 8, 0.01, slo=SloController(0.1, 8, 0.01)).name == PolicyName.SLO
