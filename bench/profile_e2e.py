@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -87,8 +89,44 @@ def top_frames(raw: str, limit: int = 20) -> list[dict[str, Any]]:
             for (s, f, leaf), n in counts.most_common(limit)]  # fmt: skip
 
 
-def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], idle: bool = False) -> dict[str, Any]:
-    """Drain `events` through one processor on Apache Kafka under py-spy; the stage split and the totals."""
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id → Python thread name of a running process (one `py-spy dump`)."""
+    dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid), "--nonblocking"],
+                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)}
+
+
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Native thread id → (kernel thread name, CPU seconds so far) from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def per_thread_cores(names: dict[int, str], before: dict[int, tuple[str, float]],
+                     after: dict[int, tuple[str, float]], wall_s: float) -> dict[str, float]:  # fmt: skip
+    """Average cores per thread role over the window: Python threads by name, librdkafka's together, and the
+    rest (ONNX Runtime's intra-op pool, which has no name) as unnamed."""
+    cores: dict[str, float] = {}
+    for tid, (comm, cpu) in after.items():
+        role = names.get(tid) or ("librdkafka threads" if comm.startswith("rdk:") else "unnamed (ONNX Runtime pool)")
+        cores[role] = cores.get(role, 0.0) + (cpu - before.get(tid, (comm, 0.0))[1]) / wall_s
+    return {role: round(c, 3) for role, c in sorted(cores.items(), key=lambda rc: -rc[1]) if c >= 0.001}
+
+
+def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], idle: bool = False,
+            threads: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Drain `events` through one processor on Apache Kafka under py-spy; the stage split and the totals.
+
+    With `threads`, no sampling (it slows the process): CPU per thread over the drain instead.
+    """
     import psutil
 
     from bench.e2e import processor_env, wait_for_outputs
@@ -121,12 +159,16 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
                    "--rate", str(rate), "--nonblocking", "-o", str(workdir / "raw.txt")]  # fmt: skip
             if idle:
                 cmd += ["--idle", "--threads"]
+            names = thread_names(proc.pid) if threads else {}
+            before = thread_cpu_s(proc.pid)
             with (workdir / "py-spy.log").open("wb") as spy_log:
-                spy = subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
+                spy = None if threads else subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
             wait_for_outputs(collector, "prof-", events, proc, 600.0)
             cpu_s, wall_s = sum(process.cpu_times()[:2]) - cpu0, time.monotonic() - wall0
-            spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
-            spy.wait(60)
+            per_thread = per_thread_cores(names, before, thread_cpu_s(proc.pid), wall_s)
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+                spy.wait(60)
         finally:
             proc.stop()
             collector.close()
@@ -135,7 +177,10 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
     return {"events": events, "partitions": partitions, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
             "events_per_s": round(events / wall_s, 1), "cpu_ms_per_event": round(cpu_ms, 3),
             "cores_busy": round(cpu_s / wall_s, 2), "py_spy_rate_hz": rate, "settings": env_extra,
-            "idle_threads_sampled": idle, "stages": summarise(raw, cpu_ms), "top_frames": top_frames(raw)}  # fmt: skip
+            "idle_threads_sampled": idle, "cores_per_thread": per_thread,
+            "cpu_ms_per_event_per_thread": {role: round(1000.0 * c * wall_s / events, 3)
+                                            for role, c in per_thread.items()},
+            "stages": summarise(raw, cpu_ms), "top_frames": top_frames(raw)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", action="store_true",
                    help="sample waiting threads too (py-spy --idle --threads): shares are then of thread time, "
                         "not CPU, and show where each thread waits")  # fmt: skip
+    p.add_argument("--threads", action="store_true",
+                   help="no py-spy sampling (it slows the process): CPU per thread over the drain (/proc)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.set)
-    result = profile(args.events, args.partitions, args.rate, extra, idle=args.idle)
+    result = profile(args.events, args.partitions, args.rate, extra, idle=args.idle, threads=args.threads)
     for stage, row in result["stages"].items():
         print(f"{stage:42} {100 * row['share']:5.1f} %  {row['cpu_ms_per_event']:7.3f} CPU ms/event")
+    for role, ms in result["cpu_ms_per_event_per_thread"].items():
+        print(f"thread {role:35} {result['cores_per_thread'][role]:5.2f} cores {ms:7.3f} CPU ms/event")
     print(f"{result['events_per_s']} events/s, {result['cpu_ms_per_event']} CPU ms/event, {result['cores_busy']} cores")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
