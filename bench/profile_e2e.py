@@ -159,13 +159,14 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
                    "--rate", str(rate), "--nonblocking", "-o", str(workdir / "raw.txt")]  # fmt: skip
             if idle:
                 cmd += ["--idle", "--threads"]
-            names = thread_names(proc.pid) if threads else {}
             before = thread_cpu_s(proc.pid)
             with (workdir / "py-spy.log").open("wb") as spy_log:
                 spy = None if threads else subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
             wait_for_outputs(collector, "prof-", events, proc, 600.0)
             cpu_s, wall_s = sum(process.cpu_times()[:2]) - cpu0, time.monotonic() - wall0
-            per_thread = per_thread_cores(names, before, thread_cpu_s(proc.pid), wall_s)
+            after = thread_cpu_s(proc.pid)
+            # Named after the drain: the decode pool starts its threads on its first events.
+            per_thread = per_thread_cores(thread_names(proc.pid) if threads else {}, before, after, wall_s)
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
                 spy.wait(60)
