@@ -223,12 +223,14 @@ class SloPolicy(BatchPolicy):
         a, b = c.cost_model()
         # Judged at the largest batch the law allows (not its current limit, which moves with the latency).
         pays = self._batching_pays(a, b, min(self.max_batch_size, c.inference_cap()))
-        # Waiting for a fuller batch pays while the model is the bottleneck, or while events queue before the
-        # batcher: on a CPU, decode and inference share the cores, so the CPU a fuller batch saves goes to
-        # that queue. The goodput bench found the slowest 1 % on the tiny model spending 60-270 ms waiting for
-        # a decode worker and under 10 ms in batcher and inference together.
+        # Waiting for a fuller batch pays only while events queue before the batcher: on a CPU, decode and
+        # inference share the cores, so the CPU a fuller batch saves goes to that queue (the goodput bench
+        # found the slowest 1 % on the tiny model waiting 60-270 ms for a decode worker and under 10 ms in
+        # batcher and inference together). Otherwise a busy model gathers a fuller batch by itself while the
+        # last one runs, and an idle one needs none: on ViT-Ti, waiting while the model was busy lost to
+        # `aimd`, which never waits, at 75 and 90 % load.
         congested = q.head_age_s - q.oldest_wait_s > CONGESTED * c.target_s
-        may_wait = pays and (congested or not c.model_idle)
+        may_wait = pays and congested
         self.limit, self.wait_s = c.limit, (c.wait_s if may_wait else 0.0)
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now

@@ -16,17 +16,15 @@ with the target, aiming below it (noise makes a controller that aims at the targ
 - always: wait at most a tenth of the target (and MAX_BATCH_WAIT_MS). Waiting spends the slack that absorbs
   noise (a shared CPU, a GC pause, a slow produce); the goodput bench on Apache Kafka showed a controller free
   to wait half the target land its events near the target and lose them to the first hiccup;
-- always: while the model is busy less than half the time, the policy does not wait (`model_idle`): an idle
-  model would score the next event as soon as it came anyway — unless events queue before the batcher (see
-  processor.policies: on a CPU, decode and inference share the cores, and a fuller batch frees CPU for them).
+- the policy (processor.policies) uses the wait only while events queue before the batcher; otherwise a
+  busy model gathers a fuller batch by itself while the last one runs, and an idle one needs none.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,28 +35,22 @@ INFERENCE_SHARE = 0.5  # of the target, the most one full batch's inference may 
 HIGH, LOW = 0.8, 0.5  # of the target: shorten the wait above HIGH, relax below LOW
 WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the latency"
 WAIT_BUDGET = 0.1  # of the target, the longest the batcher may hold an event for a fuller batch
-IDLE_UTILIZATION = 0.5  # below this share of wall time spent in inference, waiting buys nothing
 COST_WINDOW = 64  # batches behind the fitted inference cost a·rows + b
 
 
 class SloController:
     """Owned by the scorer thread (observe) and read by the batcher (limit, wait_s) under the batcher's lock."""
 
-    def __init__(
-        self, target_s: float, max_batch_size: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, target_s: float, max_batch_size: int, max_wait_s: float) -> None:
         self.target_s = target_s
-        self._clock = clock
         self.max_batch_size = max_batch_size
         self.max_wait_s = min(max_wait_s, WAIT_BUDGET * target_s)
         self.over_target = False  # the last adjustment saw p99 above the target
-        self.model_idle = False  # the last adjustment saw inference take under IDLE_UTILIZATION of the wall time
         self.limit = max_batch_size
         self.wait_s = self.max_wait_s
         self._latencies: deque[float] = deque(maxlen=WINDOW)
         self._fills: deque[float] = deque(maxlen=ADJUST_EVERY)
         self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
-        self._busy: deque[tuple[float, float]] = deque(maxlen=ADJUST_EVERY + 1)  # (monotonic end, inference s)
         self._costs: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (rows, inference s) per batch
         self._fit = (0.0, 0.0)  # (a s per row, b s per batch), refitted every ADJUST_EVERY batches
         self._cap = max_batch_size  # inference_cap(), recomputed per batch (the batcher reads it per decision)
@@ -77,7 +69,6 @@ class SloController:
             self._latencies.extend(latencies_s)
             self._fills.append(batch_rows / max(1, self.limit))
             self._waits.append(batch_wait_s)
-            self._busy.append((self._clock(), inference_s))
             if inference_s > 0 and batch_rows > 0:
                 self._costs.append((batch_rows, inference_s))
                 if len(self._costs) <= ADJUST_EVERY or self._batches % ADJUST_EVERY == 0:
@@ -100,15 +91,7 @@ class SloController:
             self.wait_s = min(self.max_wait_s, self.wait_s * 1.25 + MIN_WAIT_S)
             self.limit = min(self.max_batch_size, self.limit + max(1, self.limit // 8))
         self.limit = max(1, min(self.limit, self._cap))
-        self.model_idle = self.utilization() < IDLE_UTILIZATION
         self._latencies.clear()
-
-    def utilization(self) -> float:
-        """Share of the wall time between the recent batches that the model spent in inference (1.0 unknown)."""
-        if len(self._busy) < 2:
-            return 1.0
-        span = self._busy[-1][0] - self._busy[0][0]
-        return min(1.0, sum(s for _, s in list(self._busy)[1:]) / span) if span > 0 else 1.0
 
     def cost_model(self) -> tuple[float, float]:
         """(a, b): inference ≈ a·rows + b seconds, fitted over the last COST_WINDOW batches ((0, 0) before any)."""
