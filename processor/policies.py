@@ -13,15 +13,18 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   the latency target and shrinks by 10 % after one that does not.
 - `slo` (ours): batch sizes from a fitted inference cost (a·rows + b) and the head's slack to the p99
   target, plus `SloController`'s limit and wait where batching pays. When a full batch costs per row more
-  than 5/6 of what a lone row costs (a CPU with a small model), ours is work-conserving: the model never
+  than 5/6 of what a lone row costs (little fixed cost per batch), ours is work-conserving: the model never
   idles while rows are ready, and rows that piled up during the last batch make the next one, so the batch
-  size follows the load by itself. When batching pays (a GPU), the law may hold the head for a fuller
-  batch, but only while that batch still lands the head within 80 % of the target. Either way a batch
-  stops at the rows that still land the head in time; the rest go next rather than all of them late.
+  size follows the load by itself. When batching pays (a GPU; ViT-Ti on a CPU), the law may hold the head
+  for a fuller batch, but only while events queue before the batcher (on a CPU the CPU it saves goes to
+  that queue; otherwise a busy model gathers a fuller batch by itself), and only while that batch still
+  lands the head within 80 % of the target. Either way a batch stops at the rows that still land the head
+  in time; the rest go next rather than all of them late.
   Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those predicted to
   miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, with up to
   the law's limit of rows (at most half the target's worth of inference); in an overload with a backlog
-  behind it, and where batching pays, in the largest batch, the cheapest rows, so the backlog clears fastest.
+  behind it, and where batching pays, in the largest batch whose inference fits half the target, the
+  cheapest rows, so the backlog clears fastest without one batch making everyone behind it late.
 """
 
 from __future__ import annotations
@@ -225,7 +228,7 @@ class SloPolicy(BatchPolicy):
         pays = self._batching_pays(a, b, min(self.max_batch_size, c.inference_cap()))
         # Waiting for a fuller batch pays only while events queue before the batcher: on a CPU, decode and
         # inference share the cores, so the CPU a fuller batch saves goes to that queue (the goodput bench
-        # found the slowest 1 % on the tiny model waiting 60-270 ms for a decode worker and under 10 ms in
+        # found the slowest 1 % on the tiny model waiting 50-540 ms for a decode worker and under 15 ms in
         # batcher and inference together). Otherwise a busy model gathers a fuller batch by itself while the
         # last one runs, and an idle one needs none: on ViT-Ti, waiting while the model was busy lost to
         # `aimd`, which never waits, at 75 and 90 % load.
