@@ -27,6 +27,7 @@ from bench.report import cpu_view, machine_info, markdown, ratios, targets, writ
 from bench.stages import QUICK, Durations, progress, run_inprocess, run_kafka
 from bench.workload import MIX_DESCRIPTION, iter_events, prepare_model_dir
 from devtools.produce import parse_sizes
+from models.cli import ARCH_CHOICES
 from models.loader import resolve_model
 from processor.settings import Settings, load_settings
 
@@ -34,7 +35,6 @@ STAGES = ("decode", "model", "pipeline", "bare", "baseline", "e2e", "latency", "
 # Opt-in (--stages): minutes each, on Apache Kafka (bench.goodput).
 POLICY_STAGES = ("partitions", "goodput")
 DEFAULT_BATCH_SIZES = "1,2,4,8,16,32,64"
-ARCHS = ("vit-tiny", "vit-ti16", "vit-b16")  # models.builder.ARCHS, without importing onnx
 FULL_SIZE_BYTES = 20 * 1024 * 1024  # a model file this large is held to the full-size (ViT-B/16) targets
 
 
@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark every stage, decode to Kafka end to end, latency and SLO batching",
                        description=__doc__)  # fmt: skip
     p.add_argument("--model-dir", default=None, help="model directory (default: the bundled vit-tiny)")
-    p.add_argument("--arch", choices=ARCHS, default=None,
+    p.add_argument("--arch", choices=ARCH_CHOICES, default=None,
                    help="build this architecture (plus int8) into ~/.cache/deepfake-processor/models")  # fmt: skip
     p.add_argument("--also-arch", type=_csv, default=[], metavar="ARCHS",
                    help="goodput: replay the same traces on these architectures too, in the same run (one "
@@ -110,9 +110,9 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"bench: unknown stage(s): {', '.join(unknown)} (stages: {', '.join(known)})")
         return 2
     todo = [s for s in known if s in args.stages and s not in args.skip]
-    unknown_archs = sorted(set(args.also_arch) - set(ARCHS))
+    unknown_archs = sorted(set(args.also_arch) - set(ARCH_CHOICES))
     if unknown_archs or (args.also_arch and "goodput" not in todo):
-        print(f"bench: --also-arch takes {', '.join(ARCHS)} and goes with the goodput stage")
+        print(f"bench: --also-arch takes {', '.join(ARCH_CHOICES)} and goes with the goodput stage")
         return 2
     model_dir = prepare_model_dir(args.model_dir, args.arch, args.variants)
     variants = inproc.model_variants(model_dir, args.variants)

@@ -89,9 +89,13 @@ def top_frames(raw: str, limit: int = 20) -> list[dict[str, Any]]:
             for (s, f, leaf), n in counts.most_common(limit)]  # fmt: skip
 
 
+def _py_spy() -> str:
+    return str(Path(sys.executable).parent / "py-spy")
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """Native thread id → Python thread name of a running process (one `py-spy dump`)."""
-    dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid), "--nonblocking"],
+    dump = subprocess.run([_py_spy(), "dump", "--pid", str(pid), "--nonblocking"],
                           capture_output=True, text=True, timeout=60).stdout  # fmt: skip
     return {int(m.group(1)): m.group(2) for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump)}
 
@@ -155,8 +159,8 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
             proc.wait_ready()
             process = psutil.Process(proc.pid)
             cpu0, wall0 = sum(process.cpu_times()[:2]), time.monotonic()
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid), "--format", "raw",
-                   "--rate", str(rate), "--nonblocking", "-o", str(workdir / "raw.txt")]  # fmt: skip
+            cmd = [_py_spy(), "record", "--pid", str(proc.pid), "--format", "raw", "--rate", str(rate),
+                   "--nonblocking", "-o", str(workdir / "raw.txt")]  # fmt: skip
             if idle:
                 cmd += ["--idle", "--threads"]
             before = thread_cpu_s(proc.pid)
@@ -164,9 +168,9 @@ def profile(events: int, partitions: int, rate: int, env_extra: dict[str, str], 
                 spy = None if threads else subprocess.Popen(cmd, stdout=spy_log, stderr=subprocess.STDOUT)
             wait_for_outputs(collector, "prof-", events, proc, 600.0)
             cpu_s, wall_s = sum(process.cpu_times()[:2]) - cpu0, time.monotonic() - wall0
-            after = thread_cpu_s(proc.pid)
-            # Named after the drain: the decode pool starts its threads on its first events.
-            per_thread = per_thread_cores(thread_names(proc.pid) if threads else {}, before, after, wall_s)
+            per_thread: dict[str, float] = {}
+            if threads:  # named after the drain: the decode pool starts its threads on its first events
+                per_thread = per_thread_cores(thread_names(proc.pid), before, thread_cpu_s(proc.pid), wall_s)
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
                 spy.wait(60)
