@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from processor.inflight import InFlight
-from processor.policies import BatchPolicy, QueueState, make_policy
+from processor.policies import ArrivalRate, BatchPolicy, QueueState, make_policy
 from processor.slo import SloController
 
 
@@ -54,6 +54,7 @@ class MicroBatcher:
         self.capacity_rows = capacity_rows or 2 * max_batch_size
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
+        self._arrivals = ArrivalRate()  # what the policy sizes a batch that keeps up against
         self._wake_rows = 1  # put() wakes the scoring thread once this many rows are ready (the policy says)
         self._cond = threading.Condition()
         self._closed = False
@@ -72,8 +73,10 @@ class MicroBatcher:
         with self._cond:
             while self._ready_rows >= self.capacity_rows and not self._closed:
                 self._cond.wait()
-            self._ready.append((time.monotonic(), item))
+            now = time.monotonic()
+            self._ready.append((now, item))
             self._ready_rows += len(item.crops)
+            self._arrivals.add(len(item.crops), now)
             if self._ready_rows >= self._wake_rows or len(self._ready) == 1:
                 self._cond.notify_all()
 
@@ -119,7 +122,7 @@ class MicroBatcher:
         queued_at, head = self._ready[0]
         # End to end from the head's Kafka timestamp when it has one (the SLO's definition), else from consume.
         age = time.time() - head.timestamp_ms / 1000.0 if head.timestamp_ms is not None else now - head.consumed_at
-        return QueueState(self._ready_rows, now - queued_at, now - self._ready[-1][0], age)
+        return QueueState(self._ready_rows, now - queued_at, now - self._ready[-1][0], age, self._arrivals.rows_per_s)
 
     def _take(self, limit: int) -> tuple[list[InFlight], int]:
         items: list[InFlight] = []

@@ -29,6 +29,7 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,36 @@ class QueueState:
     oldest_wait_s: float  # how long the head event has waited in the batcher
     newest_wait_s: float  # how long the most recent event has waited in the batcher
     head_age_s: float  # end to end so far for the head event: since its Kafka timestamp (else since consume)
+    arrival_rows_per_s: float = 0.0  # rows handed to the batcher per second lately (ArrivalRate; 0: unknown)
+
+
+ARRIVAL_WINDOW_S = 0.1  # one arrival-rate sample per this much time with arrivals
+ARRIVAL_SMOOTHING = 0.5  # weight of the newest sample (a 3x burst shows within ~3 windows)
+
+
+class ArrivalRate:
+    """Rows handed to the batcher per second: one sample per ARRIVAL_WINDOW_S, exponentially smoothed.
+
+    Not thread-safe on its own: the batcher updates and reads it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self.rows_per_s = 0.0
+        self._start: float | None = None
+        self._rows = 0
+
+    def add(self, rows: int, now: float) -> None:
+        """Count `rows` that arrived at `now` (monotonic seconds)."""
+        if self._start is None:
+            self._start = now
+        self._rows += rows
+        elapsed = now - self._start
+        if elapsed >= ARRIVAL_WINDOW_S:
+            sample = self._rows / elapsed
+            if self.rows_per_s:
+                sample = ARRIVAL_SMOOTHING * sample + (1 - ARRIVAL_SMOOTHING) * self.rows_per_s
+            self.rows_per_s = sample
+            self._start, self._rows = now, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +238,9 @@ AT_RISK = 0.8  # of the target, spent (waited + predicted inference): the head m
 # in batches of ~2, and lost to Triton's wait-for-a-partner at 75 % load in both goodput runs.
 PAYS = 1.2
 CONGESTED = 0.2  # of the target, spent by the head before the batcher (fetch, decode queue, decode): a queue
+# A batch keeps up when the model, batching that many rows, serves this much more than the arrival rate.
+KEEP_UP_MARGIN = 1.25
+NEAR_BEST = 0.95  # of the model's best throughput: bigger batches gain under 5 % more and hold the model longer
 
 
 class SloPolicy(BatchPolicy):
@@ -235,31 +269,48 @@ class SloPolicy(BatchPolicy):
         congested = q.head_age_s - q.oldest_wait_s > CONGESTED * c.target_s
         may_wait = pays and congested
         self.limit, self.wait_s = c.limit, (c.wait_s if may_wait else 0.0)
+        # Where batching pays, no batch is cut below the rows that keep up with arrivals: a smaller one
+        # leaves more behind than it serves, and the queue (and every head's age) grows.
+        keep = self._keep_up_rows(q.arrival_rows_per_s, a, b) if pays else 0
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now
             self.late_batches += 1
             if pays and c.over_target and q.rows >= self.limit:
                 # A backlog: the cheapest rows clear it fastest, in the largest batch whose inference still
                 # fits half the target (a GPU: MAX_BATCH_SIZE; ViT-Ti on a CPU: ~9 rows, never a 64-row,
-                # 350 ms batch that makes every event behind it late).
-                return Decision(min(self.max_batch_size, c.inference_cap()))
+                # 350 ms batch that makes every event behind it late) — unless fewer rows fall behind.
+                return Decision(max(keep, min(self.max_batch_size, c.inference_cap())))
             # Where batching does not pay, a batch past the law's limit (at most half the target's worth
             # of inference) clears the backlog no faster and blocks the model for everyone behind it.
-            return Decision(self.limit)
+            return Decision(max(keep, self.limit))
         if not may_wait:
             # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
             # batch runs, so batch size follows load by itself; waiting would only add latency. The batch
             # stops at the rows that still land the head in time: the rest go next, not all of them late.
-            return Decision(min(self.limit, fits))
+            return Decision(max(keep, min(self.limit, fits)))
         law = super().decide(q)  # a full batch now, or wait for a fuller one
         if law.take:
-            return Decision(min(law.take, fits))
+            return Decision(max(keep, min(law.take, fits)))
         # The head may wait only while a full batch at the limit would still land it within AT_RISK.
         spare = AT_RISK * c.target_s - q.head_age_s - b - a * self.limit
         if fits < self.limit or spare <= 0:
             self.late_batches += 1
-            return Decision(fits)  # at risk: it goes now, never waiting for a fuller batch
+            return Decision(max(keep, fits))  # at risk: it goes now, never waiting for a fuller batch
         return Decision(0, min(law.wait_s, spare), law.wake_rows)
+
+    def _keep_up_rows(self, arrivals_per_s: float, a: float, b: float) -> int:
+        """Fewest rows per batch whose throughput, n / (a·n + b), is KEEP_UP_MARGIN × the arrival rate.
+
+        Never more than the rows that reach NEAR_BEST of the model's best throughput (1 / a): in an overload,
+        where no batch keeps up, those clear the backlog almost as fast as the fullest batch without holding
+        the model for longer. 0 while the arrival rate is unknown.
+        """
+        demand = KEEP_UP_MARGIN * arrivals_per_s
+        if demand <= 0 or a <= 0:
+            return 0
+        near_best = math.ceil(NEAR_BEST / (1.0 - NEAR_BEST) * b / a)
+        needed = near_best if demand * a >= 1.0 else math.ceil(demand * b / (1.0 - demand * a))
+        return min(self.max_batch_size, near_best, needed)
 
     def _rows_in_time(self, head_age_s: float, a: float, b: float) -> int:
         """Most rows whose batch still lands the head within AT_RISK of the target (0: it cannot make it)."""

@@ -6,6 +6,7 @@ import pytest
 
 from processor.policies import (
     AimdPolicy,
+    ArrivalRate,
     CorkPolicy,
     FixedPolicy,
     PolicyName,
@@ -17,8 +18,8 @@ from processor.policies import (
 from processor.slo import ADJUST_EVERY, SloController, fit_cost
 
 
-def _q(rows: int, oldest: float = 0.0, newest: float = 0.0, age: float = 0.0) -> QueueState:
-    return QueueState(rows=rows, oldest_wait_s=oldest, newest_wait_s=newest, head_age_s=age)
+def _q(rows: int, oldest: float = 0.0, newest: float = 0.0, age: float = 0.0, arrivals: float = 0.0) -> QueueState:
+    return QueueState(rows, oldest_wait_s=oldest, newest_wait_s=newest, head_age_s=age, arrival_rows_per_s=arrivals)
 
 
 def test_fixed_takes_a_full_batch_or_waits_out_max_wait_for_a_partial_one() -> None:
@@ -128,6 +129,42 @@ def test_the_batch_is_never_so_big_that_its_inference_makes_the_head_late() -> N
     # 80 ms - 60 ms - 3 ms leaves 17 ms: 85 rows at 0.2 ms would fit, 64 is the bound; at 75 ms, 10 rows.
     assert policy.decide(_q(64, age=0.06)).take == 64
     assert policy.decide(_q(64, age=0.075)).take == 10
+
+
+def test_where_batching_pays_no_batch_is_cut_below_the_rows_that_keep_up_with_arrivals() -> None:
+    slo = _controller(*GPU)
+    slo.limit = 64
+    policy = SloPolicy(slo)
+    # 75 ms old: 10 rows would land it in time (above). At 1,900 rows/s a batch must serve 1.25 × that:
+    # n / (0.2 ms · n + 3 ms) >= 2,375/s from n = 14. Ten-row batches would fall behind, and every head age.
+    assert policy.decide(_q(64, age=0.075)).take == 10  # arrival rate not known yet: no floor
+    assert policy.decide(_q(64, age=0.075, arrivals=1900)).take == 14
+    # More than the model serves at any batch size (1 / 0.2 ms = 5,000/s at best): the fullest batches.
+    assert policy.decide(_q(64, age=0.075, arrivals=4500)).take == 64
+
+
+def test_in_an_overload_a_cpu_model_takes_the_rows_near_its_best_throughput_not_the_fullest_batch() -> None:
+    # ViT-Ti-like cost: 1.5 ms per batch against 5.3 ms a row. Past 6 rows a batch gains under 5 % of throughput
+    # and only holds the model longer, so an overload (no batch keeps up at 300 rows/s) gets 6, not 64.
+    policy = SloPolicy(_controller(0.0053, 0.0015))
+    assert policy.decide(_q(64, age=0.072)).take == 1  # 6.5 ms of slack: one row lands the head in time
+    assert policy.decide(_q(64, age=0.072, arrivals=300)).take == 6
+
+
+def test_where_batching_does_not_pay_the_arrival_rate_changes_no_batch() -> None:
+    policy = SloPolicy(_controller(*CPU_SMALL_MODEL))
+    assert policy.decide(_q(40, age=0.05, arrivals=5000)).take == 14
+
+
+def test_the_arrival_rate_is_sampled_per_window_and_smoothed() -> None:
+    rate = ArrivalRate()
+    rate.add(1, 0.0)
+    rate.add(9, 0.05)
+    assert rate.rows_per_s == 0.0  # the first window (100 ms) is not over: unknown
+    rate.add(10, 0.1)
+    assert rate.rows_per_s == pytest.approx(200.0)  # 20 rows in 100 ms
+    rate.add(50, 0.2)
+    assert rate.rows_per_s == pytest.approx(350.0)  # 500/s sampled, half-weighted against 200
 
 
 def test_where_batching_does_not_pay_a_lost_head_takes_the_laws_limit_never_a_longer_batch() -> None:
