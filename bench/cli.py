@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -104,6 +105,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import cv2
 
     cv2.setNumThreads(1)  # as processor.app.run: parallelism comes from the decode pool
+    _unwind_on_sigterm()
     known = STAGES + POLICY_STAGES
     unknown = sorted((set(args.skip) | set(args.stages)) - set(known))
     if unknown:
@@ -244,6 +246,16 @@ def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path |
         print(f"target {t['name']:40} {t['met'] if t['met'] is not None else t['note']}")
     written = [str(p) for p in (args.json, args.markdown or None, png) if p]
     print("wrote " + ", ".join(written) if written else "wrote nothing (no --json, --markdown '', --plot-dir '')")
+
+
+def _unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so each broker and processor a stage started is
+    stopped by its PID on the way out instead of outliving the bench."""
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

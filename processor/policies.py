@@ -19,7 +19,9 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   for a fuller batch, but only while events queue before the batcher (on a CPU the CPU it saves goes to
   that queue; otherwise a busy model gathers a fuller batch by itself), and only while that batch still
   lands the head within 80 % of the target. Either way a batch stops at the rows that still land the head
-  in time; the rest go next rather than all of them late.
+  in time; the rest go next rather than all of them late — but where batching pays, never below the rows
+  that keep up with the arrival rate the batcher measures (a smaller batch leaves more behind than it
+  serves, and every head after it ages).
   Kafka events cannot be refused the way an HTTP server sheds requests (BentoML cancels those predicted to
   miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, with up to
   the law's limit of rows (at most half the target's worth of inference); in an overload with a backlog

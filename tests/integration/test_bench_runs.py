@@ -4,8 +4,13 @@ and the goodput/partitions stages (the quick versions: JSON shape and report, ne
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.goodput import SPLIT
@@ -75,3 +80,30 @@ def test_also_arch_without_the_goodput_stage_is_refused(tmp_path: Path) -> None:
     code = main(["bench", "--quick", "--no-progress", "--stages", "partitions", "--also-arch", "vit-ti16",
                  "--json", str(tmp_path / "x.json"), "--markdown", "", "--plot-dir", ""])  # fmt: skip
     assert code == 2 and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_a_bench_stopped_with_sigterm_stops_the_broker_and_processor_it_started(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "processor", "bench", "--quick", "--no-progress", "--stages", "e2e",
+           "--json", str(tmp_path / "x.json"), "--markdown", "", "--plot-dir", ""]  # fmt: skip
+    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and bench.poll() is None:
+            children = psutil.Process(bench.pid).children(recursive=True)
+            if any("run" in child.cmdline() for child in children if child.is_running()):
+                break  # the processor is up, and the broker before it
+            time.sleep(0.2)
+        assert any("run" in child.cmdline() for child in children), "the bench never started its processor"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=90) == 130
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [child.cmdline() for child in alive]
+    finally:  # whatever failed above, nothing outlives the test
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for child in children:
+            if child.is_running():
+                child.kill()
