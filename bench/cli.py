@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench import inproc as inproc
 from bench.goodput import run_policy_stages
@@ -58,6 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument("--inference-threads", type=int, default=None, help="INFERENCE_THREADS (default 0 = cores)")
     p.add_argument("--providers", default=None, help="PROVIDERS: auto, tensorrt, cuda, cpu (default auto)")
     p.add_argument("--partitions", type=int, default=3, help="input topic partitions")
+    p.add_argument("--processor-cpus", type=_ints, default=None, metavar="CPUS",
+                   help="pin the in-process ceilings and the processor subprocesses to these CPUs (e.g. 1), and the "
+                        "broker, producer and reader to the others: e2e against bare with the broker off the "
+                        "processor's cores")  # fmt: skip
     p.add_argument("--e2e-seconds", type=float, default=None, help="backlog sized for this long (default 20)")
     p.add_argument("--e2e-events", type=int, default=0, help="backlog size (default: from --e2e-seconds)")
     p.add_argument("--latency-seconds", type=float, default=None, help="per load level (default 10)")
@@ -122,13 +126,25 @@ def run_bench(args: argparse.Namespace) -> int:
     result = _new_result(args, settings, model_dir, variants)
     result["settings"]["stages"] = todo
     events = list(iter_events(64, parse_sizes(args.sizes), args.formats))
-    with progress(len(todo) + len(args.also_arch), args.no_progress) as bar:
-        settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
-        if {"baseline", "e2e", "latency", "slo"} & set(todo):
-            run_kafka(todo, settings, events, _durations(args), result, bar, args)
-        if set(POLICY_STAGES) & set(todo):
-            run_policy_stages(todo, settings, events, result, bar, args)
-            result["also"] = [_goodput_on(arch, args, events, bar) for arch in args.also_arch]
+    pinned = _split_cpus(args.processor_cpus)
+    if pinned is False:
+        return 2
+    result["settings"]["processor_cpus"] = sorted(pinned[0]) if pinned else None
+    usable = os.sched_getaffinity(0)
+    try:
+        with progress(len(todo) + len(args.also_arch), args.no_progress) as bar:
+            if pinned:
+                os.sched_setaffinity(0, pinned[0])  # threads the in-process stages start inherit it
+            settings = run_inprocess(todo, settings, variants, events, _durations(args), result, bar, args)
+            if pinned:
+                os.sched_setaffinity(0, pinned[1])  # the broker, producer and reader: the other CPUs
+            if {"baseline", "e2e", "latency", "slo"} & set(todo):
+                run_kafka(todo, settings, events, _durations(args), result, bar, args)
+            if set(POLICY_STAGES) & set(todo):
+                run_policy_stages(todo, settings, events, result, bar, args)
+                result["also"] = [_goodput_on(arch, args, events, bar) for arch in args.also_arch]
+    finally:
+        os.sched_setaffinity(0, usable)  # a caller in the same process (tests) gets its CPUs back
     _finish(result, model_dir, settings)
     if set(todo) <= set(POLICY_STAGES):
         _report_policies(result, args)  # the main section and plot stay as the last full run left them
@@ -248,9 +264,23 @@ def _print_summary(result: dict[str, Any], args: argparse.Namespace, png: Path |
     print("wrote " + ", ".join(written) if written else "wrote nothing (no --json, --markdown '', --plot-dir '')")
 
 
+def _split_cpus(cpus: list[int] | None) -> tuple[frozenset[int], frozenset[int]] | Literal[False] | None:
+    """--processor-cpus → (the processor's CPUs, the rest); None without it; False (after saying why) if unusable."""
+    if not cpus:
+        return None
+    usable = os.sched_getaffinity(0)
+    chosen = frozenset(cpus)
+    if not chosen <= usable or not usable - chosen:
+        print(f"bench: --processor-cpus takes some, not all, of the CPUs this process may use: {sorted(usable)}")
+        return False
+    return chosen, frozenset(usable - chosen)
+
+
 def _unwind_on_sigterm() -> None:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so each broker and processor a stage started is
-    stopped by its PID on the way out instead of outliving the bench."""
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C.
+
+    Each broker and processor a stage started is then stopped by its PID on the way out, not left running.
+    """
 
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

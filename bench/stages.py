@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import shutil
 import sys
 import tempfile
@@ -157,6 +158,12 @@ def run_kafka(todo: list[str], settings: Settings, pool: list[SampleEvent], d: D
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _processor_cpus(args: argparse.Namespace) -> frozenset[int] | None:
+    """The CPUs a processor subprocess is pinned to (--processor-cpus), else None."""
+    cpus = getattr(args, "processor_cpus", None)
+    return frozenset(cpus) if cpus else None
+
+
 def _estimate(result: dict[str, Any]) -> float:
     """Images/s to size the backlog by: the pipeline ceiling, else the slower of decode and model, else 50."""
     if result.get("pipeline_ceiling_images_per_s"):
@@ -207,7 +214,8 @@ class KafkaRun:
         for i in range(getattr(self.args, "instances", 1)):  # members of one consumer group, one GPU shared
             port = free_port()
             env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
-            procs.append(ProcessorProcess(env, self.workdir / f"processor-{name}{'-' + str(i) if i else ''}.log", port))
+            log = self.workdir / f"processor-{name}{'-' + str(i) if i else ''}.log"
+            procs.append(ProcessorProcess(env, log, port, cpus=_processor_cpus(self.args)))
         collector = OutputCollector(self.s.bootstrap_servers, topics[1:], self.args.partitions)
         self.bar.set_description(f"starting the processor ({name})")
         for proc in procs:
@@ -216,6 +224,8 @@ class KafkaRun:
         try:
             for proc in procs:
                 proc.wait_ready()
+            if _processor_cpus(self.args):  # what the kernel says the ready processor runs on, for the record
+                self.result["extra"]["processor_affinity"] = sorted(os.sched_getaffinity(procs[0].pid))
             yield Running(procs[0], collector, sampler, topics[0])
         finally:
             codes = [proc.stop() for proc in procs]

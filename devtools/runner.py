@@ -68,6 +68,8 @@ class ProcessorProcess:
     # In a session of its own, a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches only the
     # parent, which then stops the child with one SIGTERM; a second signal would make it exit without draining.
     own_session: bool = False
+    # Pin the child to these CPUs (the bench's --processor-cpus); None: wherever the caller may run.
+    cpus: frozenset[int] | None = None
 
     def start(self) -> Self:
         """Start the child with stdout and stderr appended to `log_path`."""
@@ -75,6 +77,9 @@ class ProcessorProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "processor", "run", *self.extra_args], env=self.env,
                                          cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=self.own_session)  # fmt: skip
+        if self.cpus is not None:
+            # Popen returns once the child has exec'd, still one thread: every thread it starts inherits this.
+            os.sched_setaffinity(self.proc.pid, self.cpus)
         return self
 
     @property

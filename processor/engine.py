@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from processor.providers import (
     preload_cuda_libraries,
     provider_options,
 )
-from processor.settings import Providers, default_trt_cache_dir
+from processor.settings import Providers, default_trt_cache_dir, usable_cpus
 from processor.static_binding import StaticBindings, TensorSpec
 from schemas import ModelRef
 
@@ -196,7 +195,7 @@ class Engine:
     ) -> tuple[ort.InferenceSession, list[NativeLine]]:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads or usable_cpus()
         # Warnings on: CUDA-graph capture fallbacks and provider load failures are warnings. What ORT prints while
         # providers load goes to fds 1/2, not to this logger, so it is captured and re-emitted as records.
         options.log_severity_level = ORT_WARNING

@@ -19,6 +19,16 @@ KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
 MiB = 1024 * 1024
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, else os.cpu_count().
+
+    A cpuset-limited container or a pinned process sees its own share, where os.cpu_count() reports the host's.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Delivery(StrEnum):
     """DELIVERY: at-least-once (idempotent producer) or exactly-once (transactions)."""
 
@@ -102,9 +112,14 @@ class Settings(BaseSettings):
     )
     max_in_flight: int = Field(1024, ge=1, description="Events consumed but not committed; above it, pause")
     decode_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Decode/preprocess threads"
+        default_factory=usable_cpus,
+        ge=1,
+        le=256,
+        description="Decode/preprocess threads (cores: the CPUs this process may run on, its affinity)",
     )
-    inference_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = cores")
+    inference_threads: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = cores (as DECODE_WORKERS)"
+    )
     delivery: Delivery = Field(Delivery.AT_LEAST_ONCE, description="at-least-once or exactly-once")
     transactional_id: str | None = Field(
         None,

@@ -4,6 +4,7 @@ and the goodput/partitions stages (the quick versions: JSON shape and report, ne
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -107,3 +108,21 @@ def test_a_bench_stopped_with_sigterm_stops_the_broker_and_processor_it_started(
         for child in children:
             if child.is_running():
                 child.kill()
+
+
+@pytest.mark.slow
+def test_processor_cpus_pin_the_ceilings_and_the_processor_and_keep_the_broker_off_them(tmp_path: Path) -> None:
+    usable = os.sched_getaffinity(0)
+    result, _ = run_bench(tmp_path, "--stages", "bare,e2e", "--processor-cpus", "0")
+    assert result["settings"]["processor_cpus"] == [0]
+    assert result["extra"]["processor_affinity"] == [0]  # read from the kernel once the processor was ready
+    assert result["bare_ceiling_images_per_s"] > 0 and result["e2e_images_per_s"] > 0
+    assert os.sched_getaffinity(0) == usable  # the bench ran in this process: its CPUs are given back
+
+
+@pytest.mark.slow
+def test_processor_cpus_must_leave_a_cpu_for_the_broker(tmp_path: Path) -> None:
+    every = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+    code = main(["bench", "--quick", "--no-progress", "--stages", "bare", "--processor-cpus", every,
+                 "--json", str(tmp_path / "x.json"), "--markdown", "", "--plot-dir", ""])  # fmt: skip
+    assert code == 2 and not (tmp_path / "x.json").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from processor.errors import ConfigError
-from processor.settings import Delivery, LogFormat, MiB, Providers, Variant, load_settings
+from processor.settings import Delivery, LogFormat, MiB, Providers, Variant, load_settings, usable_cpus
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_defaults_equal_the_spec_table() -> None:
     assert s.max_batch_size == 32
     assert s.max_batch_wait_ms == 5
     assert s.max_in_flight == 1024
-    assert s.decode_workers == (os.cpu_count() or 1)
+    assert s.decode_workers == usable_cpus()
     assert s.delivery is Delivery.AT_LEAST_ONCE
     assert s.fake_label is None  # from config.json
     assert s.fake_threshold == 0.5
@@ -181,3 +181,11 @@ def test_cuda_graphs_need_a_bucket_as_large_as_the_batch_limit(monkeypatch: pyte
 
 def test_cuda_graphs_are_off_by_default() -> None:
     assert load_settings().cuda_graphs is False
+
+
+def test_decode_workers_default_to_the_cpus_this_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container limited by cpuset (or a pinned process) sees 3 CPUs where os.cpu_count() reports the host's 64.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cpus() == 3
+    assert load_settings().decode_workers == 3
