@@ -159,11 +159,11 @@ def test_where_batching_does_not_pay_the_arrival_rate_changes_no_batch() -> None
 def test_the_arrival_rate_is_sampled_per_window_and_smoothed() -> None:
     rate = ArrivalRate()
     rate.add(1, 0.0)
-    rate.add(9, 0.05)
-    assert rate.rows_per_s == 0.0  # the first window (100 ms) is not over: unknown
-    rate.add(10, 0.1)
-    assert rate.rows_per_s == pytest.approx(200.0)  # 20 rows in 100 ms
-    rate.add(50, 0.2)
+    rate.add(9, 0.2)
+    assert rate.rows_per_s == 0.0  # the first window (250 ms) is not over: unknown
+    rate.add(40, 0.25)
+    assert rate.rows_per_s == pytest.approx(200.0)  # 50 rows in 250 ms
+    rate.add(125, 0.5)
     assert rate.rows_per_s == pytest.approx(350.0)  # 500/s sampled, half-weighted against 200
 
 
