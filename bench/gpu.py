@@ -26,7 +26,7 @@ import numpy as np
 
 from processor.engine import Engine
 from processor.providers import CUDA, TRT
-from processor.settings import Providers, Settings, default_trt_cache_dir
+from processor.settings import Providers, Settings, default_trt_cache_dir, usable_cpus
 
 MEMORY_TARGET_MB = 2300.0
 E2E_FRACTION = 0.8
@@ -255,7 +255,7 @@ def _e2e(model_dir: Path, seconds: float, model_only_best: float, instances: Seq
     """
     from bench.stages import Durations, progress, run_kafka
 
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # as DECODE_WORKERS' default: the CPUs this process may run on
     events = _e2e_events()
     runs = []
     for k in instances:

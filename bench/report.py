@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processor.settings import usable_cpus
+
 GPU_COMMAND = "`deepfake-processor bench --arch vit-b16 --variants fp16 --providers cuda --batch-sizes 1,8,16,32,64`"
 
 
@@ -67,7 +69,7 @@ def machine_info(argv: list[str]) -> dict[str, Any]:
     gpus = gpu_names()
     return {
         "cpu_model": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cpus(),
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "gpu": ", ".join(gpus) if gpus else "none",

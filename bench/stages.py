@@ -211,11 +211,12 @@ class KafkaRun:
         from devtools.broker import free_port
 
         procs = []
+        cpus = _processor_cpus(self.args)
         for i in range(getattr(self.args, "instances", 1)):  # members of one consumer group, one GPU shared
             port = free_port()
             env = {**processor_env(self.s, topics, f"bench-{name}-{self.uid}", port), **(overrides or {})}
             log = self.workdir / f"processor-{name}{'-' + str(i) if i else ''}.log"
-            procs.append(ProcessorProcess(env, log, port, cpus=_processor_cpus(self.args)))
+            procs.append(ProcessorProcess(env, log, port, cpus=cpus))
         collector = OutputCollector(self.s.bootstrap_servers, topics[1:], self.args.partitions)
         self.bar.set_description(f"starting the processor ({name})")
         for proc in procs:
@@ -224,7 +225,7 @@ class KafkaRun:
         try:
             for proc in procs:
                 proc.wait_ready()
-            if _processor_cpus(self.args):  # what the kernel says the ready processor runs on, for the record
+            if cpus:  # what the kernel says the ready processor runs on, for the record
                 self.result["extra"]["processor_affinity"] = sorted(os.sched_getaffinity(procs[0].pid))
             yield Running(procs[0], collector, sampler, topics[0])
         finally:

@@ -274,33 +274,40 @@ class SloPolicy(BatchPolicy):
         congested = q.head_age_s - q.oldest_wait_s > CONGESTED * c.target_s
         may_wait = pays and congested
         self.limit, self.wait_s = c.limit, (c.wait_s if may_wait else 0.0)
-        # Where batching pays, no batch is cut below the rows that keep up with arrivals: a smaller one
-        # leaves more behind than it serves, and the queue (and every head's age) grows.
-        keep = self._keep_up_rows(q.arrival_rows_per_s, a, b) if pays else 0
+        decision = self._size(q, a, b, pays, may_wait)
+        if decision.take and pays:
+            # Where batching pays, no batch is cut below the rows that keep up with arrivals: a smaller one
+            # leaves more behind than it serves, and the queue (and every head's age) grows.
+            return Decision(max(decision.take, self._keep_up_rows(q.arrival_rows_per_s, a, b)))
+        return decision
+
+    def _size(self, q: QueueState, a: float, b: float, pays: bool, may_wait: bool) -> Decision:
+        """The rows the head's slack allows (or a wait for a fuller batch), before the keep-up floor."""
+        c = self.controller
         fits = self._rows_in_time(q.head_age_s, a, b)
         if fits == 0:  # lost: misses its target even scored alone now
             self.late_batches += 1
             if pays and c.over_target and q.rows >= self.limit:
                 # A backlog: the cheapest rows clear it fastest, in the largest batch whose inference still
                 # fits half the target (a GPU: MAX_BATCH_SIZE; ViT-Ti on a CPU: ~9 rows, never a 64-row,
-                # 350 ms batch that makes every event behind it late) — unless fewer rows fall behind.
-                return Decision(max(keep, min(self.max_batch_size, c.inference_cap())))
+                # 350 ms batch that makes every event behind it late).
+                return Decision(min(self.max_batch_size, c.inference_cap()))
             # Where batching does not pay, a batch past the law's limit (at most half the target's worth
             # of inference) clears the backlog no faster and blocks the model for everyone behind it.
-            return Decision(max(keep, self.limit))
+            return Decision(self.limit)
         if not may_wait:
             # Work-conserving: the model never idles while rows are ready. Under load, rows pile up while a
             # batch runs, so batch size follows load by itself; waiting would only add latency. The batch
             # stops at the rows that still land the head in time: the rest go next, not all of them late.
-            return Decision(max(keep, min(self.limit, fits)))
+            return Decision(min(self.limit, fits))
         law = super().decide(q)  # a full batch now, or wait for a fuller one
         if law.take:
-            return Decision(max(keep, min(law.take, fits)))
+            return Decision(min(law.take, fits))
         # The head may wait only while a full batch at the limit would still land it within AT_RISK.
         spare = AT_RISK * c.target_s - q.head_age_s - b - a * self.limit
         if fits < self.limit or spare <= 0:
             self.late_batches += 1
-            return Decision(max(keep, fits))  # at risk: it goes now, never waiting for a fuller batch
+            return Decision(fits)  # at risk: it goes now, never waiting for a fuller batch
         return Decision(0, min(law.wait_s, spare), law.wake_rows)
 
     def _keep_up_rows(self, arrivals_per_s: float, a: float, b: float) -> int:
