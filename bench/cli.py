@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import inproc as inproc
-from bench.goodput import run_policy_stages
+from bench.goodput import policy_spec, run_policy_stages
 from bench.goodput_report import goodput_plot, goodput_tables, partitions_lines
 from bench.gpu import register as register_gpu_check
 from bench.plot import plot
@@ -77,7 +77,13 @@ def register(sub: Any) -> None:
     p.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                    help="goodput/partitions: Apache Kafka from Maven (default) or Tansu (smoke tests)")  # fmt: skip
     p.add_argument("--goodput-samples", type=int, default=0, help="goodput: events per trace (default 1000)")
-    p.add_argument("--policies", type=_csv, default=None, help="goodput: batching policies (default: all five)")
+    p.add_argument("--goodput-seconds", type=float, default=10.0,
+                   help="goodput: each trace runs at least this long, with more events than --goodput-samples "
+                        "where needed (default 10; --quick: 0)")  # fmt: skip
+    p.add_argument("--policies", type=_policies, default=None,
+                   help="goodput: batching policies, comma list; fixed:ROWS/MS is fixed batching at bounds of its "
+                        "own (default: all five at the shared bounds, plus fixed at MAX_BATCH_SIZE / "
+                        "MAX_BATCH_WAIT_MS)")  # fmt: skip
     p.add_argument("--burst-mean-pct", type=float, default=40.0,
                    help="goodput: the bursty trace's mean, %% of the saturated rate (peaks 3x)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
@@ -93,6 +99,16 @@ def register(sub: Any) -> None:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _policies(text: str) -> list[str]:
+    policies = _csv(text)
+    for policy in policies:
+        try:
+            policy_spec(policy)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return policies
 
 
 def _ints(text: str) -> list[int]:

@@ -14,6 +14,8 @@ the quick smoke test.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import shutil
 import tempfile
 import uuid
@@ -34,6 +36,7 @@ from processor.policies import PolicyName
 from processor.settings import Settings
 
 POLICIES = tuple(p.value for p in PolicyName)
+FIXED_BOUNDS = re.compile(r"fixed:(\d+)/(\d+(?:\.\d+)?)")  # fixed:ROWS/MS, fixed batching at bounds of its own
 POISSON_LOADS = (25, 50, 75, 90)
 BURST_PEAK = 3.0  # bursts run at 3x the trace's mean rate, on for a third of each period, off otherwise
 PARTITION_COUNTS = (1, 6)
@@ -46,12 +49,16 @@ class GoodputPlan:
     max_batch_size: int
     max_batch_wait_ms: float
     latency_target_ms: float
-    samples: int  # events per trace (each one a latency sample)
+    samples: int  # events per trace at least (each one a latency sample)
     max_events: int  # backlog that measures the saturated rate
     warm_up_s: float  # per policy, sent at 50 % load and not counted
     burst_mean_pct: float  # the bursty trace's mean load; its bursts reach BURST_PEAK x this
     burst_on_s: float
     chunks: int = 4  # each trace is replayed in this many slices, the policies taking turns slice by slice
+    # Each trace runs this long at least (more events than `samples` at high rates): 2,000 events of the tiny
+    # model at 75 % load last under 4 s, four slices of ~1 s each, which show how a queue starts rather than
+    # where it settles (the day's runs moved by tens of per cent in those cells and far less on ViT-Ti's 16 s+).
+    min_trace_s: float = 0.0
     seed: int = 0
 
 
@@ -68,6 +75,7 @@ def goodput_plan(settings: Settings, args: argparse.Namespace) -> GoodputPlan:
         burst_mean_pct=args.burst_mean_pct,
         burst_on_s=0.2 if quick else 1.0,
         chunks=1 if quick else 4,
+        min_trace_s=0.0 if quick else args.goodput_seconds,
     )
 
 
@@ -87,11 +95,18 @@ def bursty_trace(mean_rate: float, count: int, on_s: float, rng: np.random.Gener
 def traces(plan: GoodputPlan, max_rate: float) -> dict[str, tuple[float, np.ndarray]]:
     """Every trace by name → (mean offered rate, arrival offsets); one seed, so every policy sees the same."""
     rng = np.random.default_rng(plan.seed)
-    out = {f"poisson{pct}": (max_rate * pct / 100.0, poisson_trace(max_rate * pct / 100.0, plan.samples, rng))
-           for pct in POISSON_LOADS}  # fmt: skip
+    out = {}
+    for pct in POISSON_LOADS:
+        rate = max_rate * pct / 100.0
+        out[f"poisson{pct}"] = (rate, poisson_trace(rate, _events(plan, rate), rng))
     mean = max_rate * plan.burst_mean_pct / 100.0
-    out["bursty"] = (mean, bursty_trace(mean, plan.samples, plan.burst_on_s, rng))
+    out["bursty"] = (mean, bursty_trace(mean, _events(plan, mean), plan.burst_on_s, rng))
     return out
+
+
+def _events(plan: GoodputPlan, rate: float) -> int:
+    """`samples` events, or more where they would not fill `min_trace_s` at `rate`."""
+    return max(plan.samples, math.ceil(rate * plan.min_trace_s))
 
 
 @contextmanager
@@ -182,9 +197,39 @@ def run_partitions(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
                          "batch_policy": "fixed", "big_fetch": BIG_FETCH}}  # fmt: skip
 
 
+def policy_spec(text: str) -> tuple[PolicyName, int | None, float | None]:
+    """A goodput column: a DFP_BATCH_POLICY name, or `fixed:ROWS/MS` — fixed batching at bounds of its own.
+
+    The other policies share the plan's bounds; `fixed:32/5` is today's default batcher as a user runs it.
+    """
+    bounds = FIXED_BOUNDS.fullmatch(text)
+    if bounds:
+        rows, wait_ms = int(bounds[1]), float(bounds[2])
+        if rows < 1:
+            raise ValueError(f"policy {text!r}: a batch needs at least 1 row")
+        return PolicyName.FIXED, rows, wait_ms
+    try:
+        return PolicyName(text), None, None
+    except ValueError:
+        names = ", ".join(p.value for p in PolicyName)
+        raise ValueError(f"unknown policy {text!r} (policies: {names}, or fixed:ROWS/MS)") from None
+
+
+def default_policies(settings: Settings) -> list[str]:
+    """Every policy at the shared bounds, plus `fixed` at today's defaults (MAX_BATCH_SIZE / MAX_BATCH_WAIT_MS)."""
+    today = f"fixed:{settings.max_batch_size}/{settings.max_batch_wait_ms:g}"
+    return [POLICIES[0], today, *POLICIES[1:]]
+
+
+def _slug(policy: str) -> str:
+    """A policy spec as topic, group and log-file names take it (`fixed:32/5` → `fixed-32-5`)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", policy)
+
+
 def _policy_env(plan: GoodputPlan, policy: str, broker_kind: str = "kafka") -> dict[str, str]:
-    env = {"DFP_BATCH_POLICY": policy, "DFP_MAX_BATCH_SIZE": str(plan.max_batch_size),
-           "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms),
+    name, rows, wait_ms = policy_spec(policy)
+    env = {"DFP_BATCH_POLICY": name.value, "DFP_MAX_BATCH_SIZE": str(rows or plan.max_batch_size),
+           "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms if wait_ms is None else wait_ms),
            "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms)}  # fmt: skip
     if broker_kind == "kafka":
         # Real Kafka answers a fetch as soon as data arrives; the 10 ms meant for Tansu would only make the
@@ -201,15 +246,15 @@ def run_goodput(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
     run.bar.write(f"goodput: saturated rate {max_rate} events/s (fixed, {plan.max_batch_size} / "
                   f"{plan.max_batch_wait_ms} ms)")  # fmt: skip
     plan_traces = traces(plan, max_rate)
-    policies = list(run.args.policies or POLICIES)
+    policies = list(run.args.policies or default_policies(run.s))
     rows: dict[str, dict[str, Any]] = {policy: {} for policy in policies}
     with ExitStack() as stack:
-        running = {p: stack.enter_context(run.processor(_topics(run, p, run.args.partitions), p,
+        running = {p: stack.enter_context(run.processor(_topics(run, _slug(p), run.args.partitions), _slug(p),
                                                          _policy_env(plan, p, run.args.broker)))
                    for p in policies}  # fmt: skip
         for policy in policies:
             warm = poisson_trace(max_rate / 2, max(10, round(max_rate / 2 * plan.warm_up_s)), np.random.default_rng(1))
-            _replay(run, running[policy], f"{policy}-warm", warm)
+            _replay(run, running[policy], f"{_slug(policy)}-warm", warm)
         # Policies take turns, a slice of a trace each, in a rotating order: on a shared machine, load that
         # comes and goes then meets every policy alike instead of whichever happened to run last.
         turn = 0
@@ -218,7 +263,9 @@ def run_goodput(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
             for chunk in np.array_split(offsets, plan.chunks):
                 for policy in policies[turn % len(policies) :] + policies[: turn % len(policies)]:
                     run.bar.set_description(f"goodput {policy}: {name}")
-                    parts[policy].append(_measure(run, running[policy], f"{policy}-{name}-{turn}", chunk - chunk[0]))
+                    parts[policy].append(
+                        _measure(run, running[policy], f"{_slug(policy)}-{name}-{turn}", chunk - chunk[0])
+                    )
                 turn += 1
             for policy in policies:
                 rows[policy][name] = _row(parts[policy], plan_traces[name], plan)

@@ -51,7 +51,7 @@ def test_quick_goodput_and_partitions_on_two_models_in_one_run_write_the_json_sh
     out, md = tmp_path / "goodput.json", tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nBy hand.\n")
     code = main(["bench", "--quick", "--no-progress", "--stages", "goodput,partitions", "--broker", "tansu",
-                 "--policies", "slo", "--also-arch", "vit-ti16", "--partitions", "1", "--json", str(out),
+                 "--policies", "fixed:8/2,slo", "--also-arch", "vit-ti16", "--partitions", "1", "--json", str(out),
                  "--markdown", str(md), "--plot-dir", str(tmp_path / "img")])  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
@@ -61,7 +61,9 @@ def test_quick_goodput_and_partitions_on_two_models_in_one_run_write_the_json_sh
     assert ti["settings"]["served_variant"] == "int8"
     for goodput in (result["goodput"], ti["goodput"]):
         assert goodput["max_images_per_s"] > 0 and goodput["max_images_per_s_after"] > 0
-        assert set(goodput["policies"]) == {"slo"}
+        # A fixed column at bounds of its own runs on topics named after it (Kafka names take no ':' or '/').
+        assert set(goodput["policies"]) == {"fixed:8/2", "slo"}
+        assert goodput["policies"]["fixed:8/2"]["poisson25"]["events"] == goodput["plan"]["samples"]
         rows = goodput["policies"]["slo"]
         assert set(rows) == {"poisson25", "poisson50", "poisson75", "poisson90", "bursty", "final"}
         for name in goodput["traces"]:
@@ -74,6 +76,7 @@ def test_quick_goodput_and_partitions_on_two_models_in_one_run_write_the_json_sh
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nBy hand.") and "bench:goodput-vit-tiny+vit-ti16:begin" in text
     assert "**vit-tiny** (fp32)" in text and "**vit-ti16** (int8)" in text
+    assert "| fixed 8 / 2 ms | **slo (ours)** |" in text and "Targets, computed from this run:" in text
     assert (tmp_path / "img" / "goodput-vit-tiny+vit-ti16.png").stat().st_size > 0
 
 
