@@ -218,7 +218,7 @@ def policy_spec(text: str) -> tuple[PolicyName, int | None, float | None]:
 def default_policies(settings: Settings) -> list[str]:
     """Every policy at the shared bounds, plus `fixed` at today's defaults (MAX_BATCH_SIZE / MAX_BATCH_WAIT_MS)."""
     today = f"fixed:{settings.max_batch_size}/{settings.max_batch_wait_ms:g}"
-    return [POLICIES[0], today, *POLICIES[1:]]
+    return [PolicyName.FIXED.value, today, *(p for p in POLICIES if p != PolicyName.FIXED)]
 
 
 def _slug(policy: str) -> str:

@@ -26,7 +26,9 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   miss, Clockwork drops them): a lost head (it misses even scored alone now) is scored at once, with up to
   the law's limit of rows (at most half the target's worth of inference); in an overload with a backlog
   behind it, and where batching pays, in the largest batch whose inference fits half the target, the
-  cheapest rows, so the backlog clears fastest without one batch making everyone behind it late.
+  cheapest rows, so the backlog clears fastest without one batch making everyone behind it late. A head lost
+  to the queue before the batcher (decode waiting for CPU) waits for the law's batch instead: a batch of one
+  or two spends per-batch CPU that queue needs.
 """
 
 from __future__ import annotations
@@ -292,6 +294,12 @@ class SloPolicy(BatchPolicy):
                 # fits half the target (a GPU: MAX_BATCH_SIZE; ViT-Ti on a CPU: ~9 rows, never a 64-row,
                 # 350 ms batch that makes every event behind it late).
                 return Decision(min(self.max_batch_size, c.inference_cap()))
+            if may_wait:
+                # Lost to the queue before the batcher (decode waiting for CPU), not to the model: sending it
+                # alone or in a pair spends per-batch CPU (inference thread hand-offs, the scorer's and the
+                # publisher's per-batch work) that decode needs, and every event behind it waits in that queue.
+                # The law's batch (full, or what is ready after its wait) costs a lost head nothing more.
+                return super().decide(q)
             # Where batching does not pay, a batch past the law's limit (at most half the target's worth
             # of inference) clears the backlog no faster and blocks the model for everyone behind it.
             return Decision(self.limit)
@@ -303,9 +311,13 @@ class SloPolicy(BatchPolicy):
         law = super().decide(q)  # a full batch now, or wait for a fuller one
         if law.take:
             return Decision(min(law.take, fits))
-        # The head may wait only while a full batch at the limit would still land it within AT_RISK.
-        spare = AT_RISK * c.target_s - q.head_age_s - b - a * self.limit
-        if fits < self.limit or spare <= 0:
+        # The head may wait only while the batch the wait forms (what is ready plus what arrives meanwhile, at
+        # most the limit) would still land it within AT_RISK. Judged against a full batch at the limit instead,
+        # a tiny-model head at 63 of 100 ms counted as at risk and went with the one or two rows that were
+        # ready: under CPU congestion that made most batches that small (see the lost-head rule above).
+        forms = min(self.limit, q.rows + math.ceil(q.arrival_rows_per_s * law.wait_s))
+        spare = AT_RISK * c.target_s - q.head_age_s - b - a * forms
+        if fits < forms or spare <= 0:
             self.late_batches += 1
             return Decision(fits)  # at risk: it goes now, never waiting for a fuller batch
         return Decision(0, min(law.wait_s, spare), law.wake_rows)

@@ -115,11 +115,22 @@ def test_a_head_never_waits_past_the_point_where_its_batch_would_land_it_late() 
     slo = _controller(*GPU)
     slo.limit, slo.wait_s = 16, 0.005
     policy = SloPolicy(slo)
-    # 80 ms budget - 75 ms age - 3 ms per batch leaves room for 10 rows, not the limit's 16: it goes now.
-    late = policy.decide(_q(3, oldest=0.0, age=0.075))
+    # 2,000 rows/s arriving: a 5 ms wait forms 3 + 10 = 13 rows. At 75 ms, 80 ms budget - 3 ms per batch leaves
+    # room for 10 rows, not 13: it goes now.
+    late = policy.decide(_q(3, oldest=0.0, age=0.075, arrivals=2000.0))
     assert late.take > 0 and policy.late_batches == 1
-    # 70 ms old: 3.8 ms spare, shorter than the law's 5 ms wait; the wait is cut to the spare.
-    assert policy.decide(_q(3, oldest=0.0, age=0.07)).wait_s == pytest.approx(0.0038)
+    # 70 ms old: 80 - 70 - 3 - 13 x 0.2 = 4.4 ms spare, shorter than the law's 5 ms wait; the wait is cut to it.
+    assert policy.decide(_q(3, oldest=0.0, age=0.07, arrivals=2000.0)).wait_s == pytest.approx(0.0044)
+
+
+def test_the_risk_is_judged_against_the_batch_the_wait_forms_not_a_full_one_at_the_limit() -> None:
+    slo = _controller(*GPU)
+    slo.limit, slo.wait_s = 16, 0.005
+    policy = SloPolicy(slo)
+    # 200 rows/s: the wait forms 3 + 1 rows, not the limit's 16, so a head at 75 ms may still wait the 1.2 ms
+    # its budget has left (80 - 75 - 3 - 4 x 0.2) for a fuller batch instead of going with the 3 rows ready.
+    waiting = policy.decide(_q(3, oldest=0.0, age=0.075, arrivals=200.0))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.0012) and policy.late_batches == 0
 
 
 def test_the_batch_is_never_so_big_that_its_inference_makes_the_head_late() -> None:
@@ -181,7 +192,21 @@ def test_where_batching_pays_a_backlog_behind_a_lost_head_goes_in_the_largest_ba
     slo.limit = 16
     policy = SloPolicy(slo)
     assert slo.over_target and policy.decide(_q(200, age=0.5)).take == 64  # not the controller's 16
-    assert policy.decide(_q(5, oldest=0.01, age=0.3)).take == 16  # no backlog: at once, never waiting
+    # No backlog, and the head's 300 ms went by in the batcher: at once, up to the law's limit, never waiting.
+    assert policy.decide(_q(5, oldest=0.29, age=0.3)).take == 16
+
+
+def test_a_head_lost_to_the_queue_before_the_batcher_waits_for_the_laws_batch_instead_of_going_alone() -> None:
+    # The tiny model on a 2-vCPU VM: decode waits for CPU, so the head spent 300 ms before reaching the batcher.
+    # A batch of 1-2 rows spends per-batch CPU that decode needs; 15 s of 75 % load kept 349 results/s within
+    # the SLO with fixed 32 / 5 ms (4.4 rows a batch) and 101/s with ours sending lost heads at once (1.9 rows).
+    slo = _controller(0.00033, 0.0004, p99_s=0.4)
+    slo.limit, slo.wait_s = 32, 0.005
+    policy = SloPolicy(slo)
+    waiting = policy.decide(_q(2, oldest=0.001, age=0.3))
+    assert waiting.take == 0 and waiting.wait_s == pytest.approx(0.004) and waiting.wake_rows == 32
+    assert policy.decide(_q(5, oldest=0.005, age=0.3)).take == 32  # the law's wait is out: what is ready goes
+    assert policy.decide(_q(40, oldest=0.001, age=0.3)).take >= 32  # a full batch goes at once
 
 
 def test_a_cpu_model_that_saves_a_fifth_per_row_in_batches_counts_as_paying_but_never_blocks_for_long() -> None:
