@@ -126,6 +126,7 @@ def _ratio(mine: float, fixed: float) -> float:
 
 
 def _short(trace: str) -> str:
+    """`poisson75` → `75 %`; other traces keep their name (tables and the plot's x axis)."""
     return trace.removeprefix("poisson") + " %" if trace.startswith("poisson") else trace
 
 
@@ -192,7 +193,7 @@ def goodput_plot(result: dict[str, Any], path: Path) -> Path | None:
 def _plot_model(left: Any, right: Any, model: dict[str, Any]) -> None:
     g, label = model["goodput"], model["settings"]["label"]
     names = list(g["traces"])
-    labels = [n.removeprefix("poisson") + " %" if n.startswith("poisson") else n for n in names]
+    labels = [_short(n) for n in names]
     for policy, rows in g["policies"].items():
         style = {"linewidth": 2.5, "marker": "*", "markersize": 10} if policy == OURS else {"marker": "o"}
         name = policy_label(policy, g["plan"]).strip("*")
