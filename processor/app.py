@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
@@ -37,6 +38,7 @@ from processor.telemetry.health import Health
 from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+SIGNAL_LOG_WAIT_S = 1.0  # the second signal's record gets this long to be written before the process exits
 
 
 def load_engine(settings: Settings, model_dir: Path | None = None, variant: str | None = None) -> Engine:
@@ -223,12 +225,25 @@ class Processor:
         """SIGTERM/SIGINT: drain and stop; a second signal exits at once with 1."""
         self._signals += 1
         if self._signals > 1:
-            log.error("second signal: exiting now without draining")
+            _log_outside_handler(log.error, "second signal: exiting now without draining").join(SIGNAL_LOG_WAIT_S)
             os._exit(1)
-        log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
+        _log_outside_handler(log.info, "signal received: draining", extra={"signal": signal.Signals(signum).name})
         self._stop_early = True
         if self.loop is not None:
             self.loop.stop_requested.set()
+
+
+def _log_outside_handler(emit: Callable[..., None], msg: str, **kwargs: Any) -> threading.Thread:
+    """Write a log record from a thread of its own, for a signal handler.
+
+    A Python signal handler runs on the main thread between two bytecodes, possibly in the middle of that
+    thread's own log write (librdkafka's log callback inside `producer.poll`): logging from the handler
+    re-enters the stream ("RuntimeError: reentrant call inside <_io.BufferedWriter>", a `--- Logging error
+    ---` banner in place of a JSON line). This thread waits for the handler's lock like any other writer.
+    """
+    thread = threading.Thread(target=emit, args=(msg,), kwargs=kwargs, name="signal-log", daemon=True)
+    thread.start()
+    return thread
 
 
 def run(settings: Settings) -> int:
