@@ -81,8 +81,8 @@ def register(sub: Any) -> None:
                    help="goodput: each trace runs at least this long, with more events than --goodput-samples "
                         "where needed (default 10; --quick: 0)")  # fmt: skip
     p.add_argument("--policies", type=_policies, default=None,
-                   help="goodput: batching policies, comma list; fixed:ROWS/MS is fixed batching at bounds of its "
-                        "own (default: all five at the shared bounds, plus fixed at MAX_BATCH_SIZE / "
+                   help="goodput: batching policies, comma list; POLICY:ROWS/MS runs one at bounds of its own, "
+                        "e.g. fixed:32/5 (default: all five at the shared bounds, plus fixed at MAX_BATCH_SIZE / "
                         "MAX_BATCH_WAIT_MS)")  # fmt: skip
     p.add_argument("--burst-mean-pct", type=float, default=40.0,
                    help="goodput: the bursty trace's mean, %% of the saturated rate (peaks 3x)")  # fmt: skip

@@ -36,7 +36,7 @@ from processor.policies import PolicyName
 from processor.settings import Settings
 
 POLICIES = tuple(p.value for p in PolicyName)
-FIXED_BOUNDS = re.compile(r"fixed:(\d+)/(\d+(?:\.\d+)?)")  # fixed:ROWS/MS, fixed batching at bounds of its own
+OWN_BOUNDS = re.compile(r"(\w+):(\d+)/(\d+(?:\.\d+)?)")  # POLICY:ROWS/MS, a policy at bounds of its own
 POISSON_LOADS = (25, 50, 75, 90)
 BURST_PEAK = 3.0  # bursts run at 3x the trace's mean rate, on for a third of each period, off otherwise
 PARTITION_COUNTS = (1, 6)
@@ -198,21 +198,20 @@ def run_partitions(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
 
 
 def policy_spec(text: str) -> tuple[PolicyName, int | None, float | None]:
-    """A goodput column: a DFP_BATCH_POLICY name, or `fixed:ROWS/MS` — fixed batching at bounds of its own.
+    """A goodput column: a DFP_BATCH_POLICY name, or `POLICY:ROWS/MS` — that policy at bounds of its own.
 
-    The other policies share the plan's bounds; `fixed:32/5` is today's default batcher as a user runs it.
+    The other columns share the plan's bounds; `fixed:32/5` is today's default batcher as a user runs it.
     """
-    bounds = FIXED_BOUNDS.fullmatch(text)
-    if bounds:
-        rows, wait_ms = int(bounds[1]), float(bounds[2])
-        if rows < 1:
-            raise ValueError(f"policy {text!r}: a batch needs at least 1 row")
-        return PolicyName.FIXED, rows, wait_ms
+    bounds = OWN_BOUNDS.fullmatch(text)
+    name, rows, wait_ms = (bounds[1], int(bounds[2]), float(bounds[3])) if bounds else (text, None, None)
     try:
-        return PolicyName(text), None, None
+        policy = PolicyName(name)
     except ValueError:
         names = ", ".join(p.value for p in PolicyName)
-        raise ValueError(f"unknown policy {text!r} (policies: {names}, or fixed:ROWS/MS)") from None
+        raise ValueError(f"unknown policy {text!r} (policies: {names}, each also as POLICY:ROWS/MS)") from None
+    if rows is not None and rows < 1:
+        raise ValueError(f"policy {text!r}: a batch needs at least 1 row")
+    return policy, rows, wait_ms
 
 
 def default_policies(settings: Settings) -> list[str]:

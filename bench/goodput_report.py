@@ -19,11 +19,11 @@ ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
 
 
 def policy_label(policy: str, plan: dict[str, Any]) -> str:
-    """A column's name; a fixed policy says its bounds (the shared ones, or its own `fixed:ROWS/MS`)."""
+    """A column's name; a fixed policy says its bounds, any other its own ones (`POLICY:ROWS/MS`) if it has them."""
     name, rows, wait_ms = policy_spec(policy)
-    if name is PolicyName.FIXED:
+    if name is PolicyName.FIXED or rows is not None:
         rows, wait_ms = rows or plan["max_batch_size"], plan["max_batch_wait_ms"] if wait_ms is None else wait_ms
-        return f"fixed {rows} / {fmt(wait_ms, 0)} ms"
+        return f"{NAMES.get(name.value, name.value)} {rows} / {fmt(wait_ms, 0)} ms"
     return NAMES.get(policy, policy)
 
 

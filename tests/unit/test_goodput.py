@@ -25,7 +25,7 @@ from bench.goodput import (
     slowest_split,
     traces,
 )
-from bench.goodput_report import goodput_tables, partitions_lines
+from bench.goodput_report import goodput_tables, partitions_lines, policy_label
 from bench.kafka import Output
 from processor.policies import PolicyName
 from processor.settings import Settings
@@ -108,13 +108,22 @@ def test_the_p99_split_averages_only_the_slowest_events() -> None:
     assert slowest_split(latencies, splits) == dict(zip(SPLIT, (10.0, 400.0, 5.0, 80.0, 5.0), strict=True))
 
 
-def test_a_fixed_column_may_carry_bounds_of_its_own_and_anything_else_is_refused() -> None:
+def test_a_column_may_carry_bounds_of_its_own_and_anything_else_is_refused() -> None:
     assert policy_spec("fixed:32/5") == (PolicyName.FIXED, 32, 5.0)
     assert policy_spec("fixed:8/2.5") == (PolicyName.FIXED, 8, 2.5)
+    assert policy_spec("slo:32/5") == (PolicyName.SLO, 32, 5.0)
     assert policy_spec("slo") == (PolicyName.SLO, None, None)
-    for bad in ("fixed:0/5", "fixed:32", "slo:32/5", "lifo"):
+    for bad in ("fixed:0/5", "fixed:32", "lifo:32/5", "lifo"):
         with pytest.raises(ValueError, match="policy"):
             policy_spec(bad)
+
+
+def test_a_column_with_bounds_of_its_own_says_them_in_its_label() -> None:
+    plan = {"max_batch_size": 64, "max_batch_wait_ms": 50.0}
+    assert policy_label("fixed", plan) == "fixed 64 / 50 ms"
+    assert policy_label("fixed:32/5", plan) == "fixed 32 / 5 ms"
+    assert policy_label("slo:32/5", plan) == "**slo (ours)** 32 / 5 ms"
+    assert policy_label("slo", plan) == "**slo (ours)**"
 
 
 def test_the_default_columns_add_fixed_batching_at_todays_defaults_to_the_five_policies() -> None:
