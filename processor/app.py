@@ -21,6 +21,7 @@ from models.loader import ModelFiles, resolve_model
 from processor.batcher import MicroBatcher
 from processor.consumer import StreamLoop
 from processor.decode import DecodeLimits, DecodePool, Decoder, Preprocessor
+from processor.decode_order import DecodeOrder
 from processor.engine import Engine
 from processor.envelope import ENVELOPE_ALLOWANCE_BYTES
 from processor.errors import ConfigError, ProcessorError, Unrecoverable
@@ -111,7 +112,8 @@ class Processor:
         limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
         decided: Decided = queue.SimpleQueue()
         outcomes = Outcomes(s.output_topic, s.dlq_topic, self.metrics, decided)
-        self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, outcomes.decide)
+        order = DecodeOrder(batcher.policy.decode_target_s)
+        self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, outcomes.decide, order)
         scorer = self.scorer = Scorer(batcher, lambda: self._engine(), outcomes.decide, self.metrics)
         max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)
         txn_id = None

@@ -120,8 +120,7 @@ class MicroBatcher:
 
     def _state(self, now: float) -> QueueState:
         queued_at, head = self._ready[0]
-        # End to end from the head's Kafka timestamp when it has one (the SLO's definition), else from consume.
-        age = time.time() - head.timestamp_ms / 1000.0 if head.timestamp_ms is not None else now - head.consumed_at
+        age = head.age_s(time.time(), now)
         return QueueState(self._ready_rows, now - queued_at, now - self._ready[-1][0], age, self._arrivals.rows_per_s)
 
     def _take(self, limit: int) -> tuple[list[InFlight], int]:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from models.preprocess import PreprocessConfig
+from processor.decode_order import DecodeOrder
 from processor.envelope import open_envelope
 from processor.errors import (
     FaceOutOfBounds,
@@ -188,15 +189,24 @@ class DecodePool:
         workers: int,
         on_decoded: Callable[[InFlight], None],
         on_failed: Callable[[InFlight], None],
+        order: DecodeOrder | None = None,
     ) -> None:
         self.decoder = decoder
         self._on_decoded = on_decoded
         self._on_failed = on_failed
+        self.order = order or DecodeOrder()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
     def submit(self, item: InFlight) -> None:
         """Queue one event for a decode worker (called on the consumer thread or by /detect)."""
-        self._pool.submit(self._run, item)
+        self.order.push(item)
+        # One task per event: a free worker takes whichever event the order puts first, not necessarily this one.
+        self._pool.submit(self._run_next)
+
+    def _run_next(self) -> None:
+        item = self.order.pop()
+        if item is not None:
+            self._run(item)
 
     def _run(self, item: InFlight) -> None:
         try:

@@ -63,6 +63,12 @@ class InFlight:
     produced_at: float = 0.0
     acked: bool = False
 
+    def age_s(self, now_wall: float, now_mono: float) -> float:
+        """End to end so far: since the Kafka timestamp when there is one (the SLO's definition), else since consume."""
+        if self.timestamp_ms is not None:
+            return now_wall - self.timestamp_ms / 1000.0
+        return now_mono - self.consumed_at
+
     @property
     def fallback_event_id(self) -> str:
         """`topic:partition:offset`, the id of an event that carries none."""

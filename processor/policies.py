@@ -111,6 +111,8 @@ class BatchPolicy:
 
     name = "base"
     learns = False  # True: the scorer reports every batch to `observe` (it costs a clock read per event)
+    # The latency target the decode queue triages partitions against (processor.decode_order); None: FIFO.
+    decode_target_s: float | None = None
 
     def __init__(self, max_batch_size: int, max_wait_s: float) -> None:
         self.max_batch_size = max_batch_size
@@ -259,6 +261,7 @@ class SloPolicy(BatchPolicy):
     def __init__(self, controller: SloController) -> None:
         super().__init__(controller.max_batch_size, controller.max_wait_s)
         self.controller = controller
+        self.decode_target_s = controller.target_s  # under overload, lost partitions are decoded last
         self.late_batches = 0  # batches sent under the overload rules (a gauge for tests and the bench)
 
     def decide(self, q: QueueState) -> Decision:
