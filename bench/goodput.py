@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,7 +36,20 @@ from processor.policies import PolicyName
 from processor.settings import Settings
 
 POLICIES = tuple(p.value for p in PolicyName)
-OWN_BOUNDS = re.compile(r"(\w+):(\d+)/(\d+(?:\.\d+)?)")  # POLICY:ROWS/MS, a policy at bounds of its own
+# POLICY[:ROWS/MS][+fifo]: a policy at bounds of its own; +fifo decodes in consume order (DFP_DEFER_LOST_PARTITIONS
+# off), to show what ours' decode order buys.
+COLUMN = re.compile(r"(\w+)(?::(\d+)/(\d+(?:\.\d+)?))?(\+fifo)?")
+
+
+class PolicySpec(NamedTuple):
+    """One goodput column: a policy, bounds of its own (None: the plan's), and whether decode stays FIFO."""
+
+    name: PolicyName
+    rows: int | None = None
+    wait_ms: float | None = None
+    fifo: bool = False
+
+
 POISSON_LOADS = (25, 50, 75, 90)
 BURST_PEAK = 3.0  # bursts run at 3x the trace's mean rate, on for a third of each period, off otherwise
 PARTITION_COUNTS = (1, 6)
@@ -197,21 +210,22 @@ def run_partitions(run: KafkaRun, plan: GoodputPlan) -> dict[str, Any]:
                          "batch_policy": "fixed", "big_fetch": BIG_FETCH}}  # fmt: skip
 
 
-def policy_spec(text: str) -> tuple[PolicyName, int | None, float | None]:
-    """A goodput column: a DFP_BATCH_POLICY name, or `POLICY:ROWS/MS` — that policy at bounds of its own.
+def policy_spec(text: str) -> PolicySpec:
+    """A goodput column: a DFP_BATCH_POLICY name, optionally `:ROWS/MS` (bounds of its own) and `+fifo`.
 
     The other columns share the plan's bounds; `fixed:32/5` is today's default batcher as a user runs it.
     """
-    bounds = OWN_BOUNDS.fullmatch(text)
-    name, rows, wait_ms = (bounds[1], int(bounds[2]), float(bounds[3])) if bounds else (text, None, None)
+    column = COLUMN.fullmatch(text)
     try:
-        policy = PolicyName(name)
+        policy = PolicyName(column[1] if column else text)
     except ValueError:
         names = ", ".join(p.value for p in PolicyName)
         raise ValueError(f"unknown policy {text!r} (policies: {names}, each also as POLICY:ROWS/MS)") from None
+    assert column is not None
+    rows, wait_ms = (int(column[2]), float(column[3])) if column[2] else (None, None)
     if rows is not None and rows < 1:
         raise ValueError(f"policy {text!r}: a batch needs at least 1 row")
-    return policy, rows, wait_ms
+    return PolicySpec(policy, rows, wait_ms, bool(column[4]))
 
 
 def default_policies(settings: Settings) -> list[str]:
@@ -226,10 +240,11 @@ def _slug(policy: str) -> str:
 
 
 def _policy_env(plan: GoodputPlan, policy: str, broker_kind: str = "kafka") -> dict[str, str]:
-    name, rows, wait_ms = policy_spec(policy)
+    name, rows, wait_ms, fifo = policy_spec(policy)
     env = {"DFP_BATCH_POLICY": name.value, "DFP_MAX_BATCH_SIZE": str(rows or plan.max_batch_size),
            "DFP_MAX_BATCH_WAIT_MS": str(plan.max_batch_wait_ms if wait_ms is None else wait_ms),
-           "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms)}  # fmt: skip
+           "DFP_LATENCY_TARGET_MS": str(plan.latency_target_ms),
+           "DFP_DEFER_LOST_PARTITIONS": str(not fifo).lower()}  # fmt: skip
     if broker_kind == "kafka":
         # Real Kafka answers a fetch as soon as data arrives; the 10 ms meant for Tansu would only make the
         # idle processors (all policies run side by side) poll the broker 100 times a second each.

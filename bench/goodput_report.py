@@ -20,11 +20,12 @@ ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
 
 def policy_label(policy: str, plan: dict[str, Any]) -> str:
     """A column's name; a fixed policy says its bounds, any other its own ones (`POLICY:ROWS/MS`) if it has them."""
-    name, rows, wait_ms = policy_spec(policy)
+    name, rows, wait_ms, fifo = policy_spec(policy)
+    label = NAMES.get(name.value, name.value)
     if name is PolicyName.FIXED or rows is not None:
         rows, wait_ms = rows or plan["max_batch_size"], plan["max_batch_wait_ms"] if wait_ms is None else wait_ms
-        return f"{NAMES.get(name.value, name.value)} {rows} / {fmt(wait_ms, 0)} ms"
-    return NAMES.get(policy, policy)
+        label = f"{label} {rows} / {fmt(wait_ms, 0)} ms"
+    return f"{label}, FIFO decode" if fifo else label
 
 
 def _trace_label(name: str, trace: dict[str, Any], max_rate: float) -> str:
@@ -44,7 +45,7 @@ def goodput_tables(result: dict[str, Any], json_name: str | None = None) -> list
     source = f" (source: `{json_name}`)" if json_name else ""
     head = "| trace (mean offered rate) | " + " | ".join(policy_label(p, plan) for p in cols) + " |"
     rule = "|---|" + "---|" * len(cols)
-    own = [policy_label(p, plan) for p in cols if policy_spec(p)[1] is not None]
+    own = [policy_label(p, plan) for p in cols if policy_spec(p).rows is not None]
     except_own = f" (except {', '.join(own)}, at bounds of its own)" if own else ""
     lines = [f"Saturated rate (fixed, {plan['max_batch_size']} / {fmt(plan['max_batch_wait_ms'])} ms, a backlog of "
              f"{plan['max_events']} events): **{fmt(max_rate)} events/s** before the traces, "
@@ -81,7 +82,7 @@ def goodput_targets(g: dict[str, Any]) -> list[str]:
     lines = ["", "Targets, computed from this run:", "",
              f"- Ours ≥ every other policy at every load: {_verdict(not behind)} — "
              + "; ".join(_against(n, ours, others, plan) for n in names) + "."]  # fmt: skip
-    fixed = {p: rows for p, rows in others.items() if policy_spec(p)[0] is PolicyName.FIXED}
+    fixed = {p: rows for p, rows in others.items() if policy_spec(p).name is PolicyName.FIXED}
     checked = [n for n in (f"poisson{P99_UP_TO}", "bursty") if n in names]
     if fixed and checked:
         ratios = {

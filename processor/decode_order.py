@@ -21,7 +21,7 @@ from processor.inflight import InFlight
 
 # Of the target: a head that waited this long before decode is lost. Decode, the batcher, inference and the
 # ordered produce took 20-30 ms of a 100 ms target for the tiny model's slowest events on the 2-core VM.
-LOST_AT = 0.75
+LOST_AT = 0.5
 REVIVE_AT = 10.0  # targets: a head lost this long goes back in line (consume order), so no lane starves
 
 Lane = tuple[str, int]

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         description="Batching policy: fixed, triton, cork, aimd or slo (docs/BENCHMARKS.md); unset = slo when "
         "DFP_LATENCY_TARGET_MS is set, else fixed",
     )
+    defer_lost_partitions: bool = Field(
+        True,
+        description="slo policy: under overload, decode the partitions whose head can still make "
+        "DFP_LATENCY_TARGET_MS first (results stay in offset order within a partition); false = consume order",
+    )
     batch_buckets: CommaInts = Field(
         [], description="Static batch shapes: pad each batch to the next of these sizes (warmed); empty = dynamic"
     )

@@ -109,11 +109,12 @@ def test_the_p99_split_averages_only_the_slowest_events() -> None:
 
 
 def test_a_column_may_carry_bounds_of_its_own_and_anything_else_is_refused() -> None:
-    assert policy_spec("fixed:32/5") == (PolicyName.FIXED, 32, 5.0)
-    assert policy_spec("fixed:8/2.5") == (PolicyName.FIXED, 8, 2.5)
-    assert policy_spec("slo:32/5") == (PolicyName.SLO, 32, 5.0)
-    assert policy_spec("slo") == (PolicyName.SLO, None, None)
-    for bad in ("fixed:0/5", "fixed:32", "lifo:32/5", "lifo"):
+    assert policy_spec("fixed:32/5") == (PolicyName.FIXED, 32, 5.0, False)
+    assert policy_spec("fixed:8/2.5") == (PolicyName.FIXED, 8, 2.5, False)
+    assert policy_spec("slo:32/5") == (PolicyName.SLO, 32, 5.0, False)
+    assert policy_spec("slo") == (PolicyName.SLO, None, None, False)
+    assert policy_spec("slo:32/5+fifo") == (PolicyName.SLO, 32, 5.0, True)  # ours without its decode order
+    for bad in ("fixed:0/5", "fixed:32", "lifo:32/5", "lifo", "slo+lifo"):
         with pytest.raises(ValueError, match="policy"):
             policy_spec(bad)
 
@@ -124,6 +125,7 @@ def test_a_column_with_bounds_of_its_own_says_them_in_its_label() -> None:
     assert policy_label("fixed:32/5", plan) == "fixed 32 / 5 ms"
     assert policy_label("slo:32/5", plan) == "**slo (ours)** 32 / 5 ms"
     assert policy_label("slo", plan) == "**slo (ours)**"
+    assert policy_label("slo+fifo", plan) == "**slo (ours)**, FIFO decode"
 
 
 def test_the_default_columns_add_fixed_batching_at_todays_defaults_to_the_five_policies() -> None:

@@ -1,0 +1,93 @@
+"""The order free decode workers take queued events in: consume order, or (ours) lost partitions last."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from processor.decode import DecodePool
+from processor.decode_order import LOST_AT, REVIVE_AT, DecodeOrder
+from processor.inflight import InFlight
+
+TARGET_S = 0.1
+
+
+def _event(partition: int, offset: int, age_s: float) -> InFlight:
+    """An event of `partition` whose Kafka timestamp is `age_s` old."""
+    return InFlight("in", partition, offset, None, b"", None, int((time.time() - age_s) * 1000))
+
+
+def _drain(order: DecodeOrder) -> list[tuple[int, int]]:
+    taken: list[tuple[int, int]] = []
+    while (item := order.pop()) is not None:
+        taken.append((item.partition, item.offset))
+    return taken
+
+
+def test_without_a_target_workers_take_events_in_consume_order_across_partitions() -> None:
+    order = DecodeOrder()
+    for partition, offset, age in [(0, 0, 5.0), (1, 0, 0.0), (0, 1, 0.0), (2, 0, 9.0)]:
+        order.push(_event(partition, offset, age))
+    assert _drain(order) == [(0, 0), (1, 0), (0, 1), (2, 0)]
+    assert order.deferred == 0
+
+
+def test_a_partition_whose_head_is_already_lost_waits_while_another_can_still_make_the_target() -> None:
+    order = DecodeOrder(TARGET_S)
+    order.push(_event(0, 0, age_s=LOST_AT * TARGET_S + 0.01))  # lost before decode even started
+    order.push(_event(0, 1, age_s=0.0))  # behind it in its partition: produced after it, so it waits too
+    order.push(_event(1, 0, age_s=0.0))
+    order.push(_event(1, 1, age_s=0.0))
+    assert _drain(order) == [(1, 0), (1, 1), (0, 0), (0, 1)]
+    assert order.deferred == 2
+
+
+def test_within_a_partition_events_are_always_taken_in_offset_order() -> None:
+    order = DecodeOrder(TARGET_S)
+    order.push(_event(0, 0, age_s=1.0))
+    order.push(_event(0, 1, age_s=0.0))
+    order.push(_event(0, 2, age_s=0.0))
+    assert _drain(order) == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_a_head_that_can_still_make_it_keeps_its_place_in_consume_order() -> None:
+    order = DecodeOrder(TARGET_S)
+    order.push(_event(0, 0, age_s=0.5 * LOST_AT * TARGET_S))
+    order.push(_event(1, 0, age_s=0.0))
+    assert _drain(order) == [(0, 0), (1, 0)]
+    assert order.deferred == 0
+
+
+def test_once_every_head_is_lost_it_is_consume_order_again() -> None:
+    order = DecodeOrder(TARGET_S)
+    order.push(_event(0, 0, age_s=2 * TARGET_S))
+    order.push(_event(1, 0, age_s=TARGET_S))
+    assert _drain(order) == [(0, 0), (1, 0)]
+
+
+def test_a_head_lost_for_long_goes_back_in_line_so_no_partition_waits_for_ever() -> None:
+    order = DecodeOrder(TARGET_S)
+    order.push(_event(0, 0, age_s=REVIVE_AT * TARGET_S + 0.1))
+    order.push(_event(1, 0, age_s=0.0))
+    assert _drain(order) == [(0, 0), (1, 0)]
+
+
+def test_the_pool_decodes_every_submitted_event_exactly_once() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+            self.lock = threading.Lock()
+
+        def decode(self, item: InFlight) -> None:
+            with self.lock:
+                self.seen.append(item.offset)
+
+    recorder = Recorder()
+    decoded: list[InFlight] = []
+    pool = DecodePool(recorder, 3, decoded.append, decoded.append, DecodeOrder(TARGET_S))  # type: ignore[arg-type]
+    for offset in range(200):
+        pool.submit(_event(offset % 4, offset, age_s=(offset % 3) * TARGET_S))
+    pool.shutdown(wait=True)
+    assert sorted(recorder.seen) == list(range(200))
+    assert len(decoded) == 200
+    assert len(pool.order) == 0
