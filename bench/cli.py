@@ -68,8 +68,10 @@ def register(sub: Any) -> None:
     p.add_argument("--baseline-seconds", type=float, default=None, help="baseline run time (default 10)")
     p.add_argument("--latency-target-ms", type=float, default=None,
                    help="slo stage: the p99 target (default: 2x the p99 at 25 %% load, at least 50)")  # fmt: skip
-    p.add_argument("--slo-max-batch-size", type=int, default=None, help="slo stage: batch bound (default 2x MAX)")
-    p.add_argument("--slo-max-wait-ms", type=float, default=None, help="slo stage: wait bound (default 10x MAX)")
+    p.add_argument("--slo-max-batch-size", type=int, default=None,
+                   help="slo stage: batch bound (default 2x MAX); goodput: all policies share (MAX)")  # fmt: skip
+    p.add_argument("--slo-max-wait-ms", type=float, default=None,
+                   help="slo stage: wait bound (default 10x MAX); goodput: all policies share (MAX)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes (tests, CI)")
     p.add_argument("--stages", type=_csv, default=list(STAGES),
                    help=f"stages to run (default: {','.join(STAGES)}; also {','.join(POLICY_STAGES)})")  # fmt: skip
@@ -82,8 +84,8 @@ def register(sub: Any) -> None:
                         "where needed (default 10; --quick: 0)")  # fmt: skip
     p.add_argument("--policies", type=_policies, default=None,
                    help="goodput: batching policies, comma list; POLICY:ROWS/MS runs one at bounds of its own, "
-                        "e.g. fixed:32/5 (default: all five at the shared bounds, plus fixed at MAX_BATCH_SIZE / "
-                        "MAX_BATCH_WAIT_MS)")  # fmt: skip
+                        "e.g. fixed:64/50, and +fifo keeps decode in consume order (default: all five at the shared "
+                        "bounds, plus fixed at 2x MAX_BATCH_SIZE / 10x MAX_BATCH_WAIT_MS)")  # fmt: skip
     p.add_argument("--burst-mean-pct", type=float, default=40.0,
                    help="goodput: the bursty trace's mean, %% of the saturated rate (peaks 3x)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")

@@ -16,6 +16,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from processor.inflight import InFlight
 
@@ -30,8 +31,9 @@ Lane = tuple[str, int]
 class DecodeOrder:
     """Thread-safe queue of events waiting for a decode worker: `push` on consume, `pop` by a free worker."""
 
-    def __init__(self, target_s: float | None = None) -> None:
+    def __init__(self, target_s: float | None = None, on_deferred: Callable[[], None] | None = None) -> None:
         self.target_s = target_s
+        self._on_deferred = on_deferred  # the deepfake_decode_deferred counter
         self._lanes: dict[Lane, deque[tuple[int, InFlight]]] = {}
         self._seq = itertools.count()
         self._lock = threading.Lock()
@@ -67,6 +69,8 @@ class DecodeOrder:
         if not live or oldest in live:
             return oldest
         self.deferred += 1
+        if self._on_deferred is not None:
+            self._on_deferred()
         return min(live, key=lambda lane: self._lanes[lane][0][0])
 
     def _lost(self, age_s: float) -> bool:

@@ -58,6 +58,11 @@ class Metrics:
             ["route", "outcome"],
             registry=r,
         )
+        self.decode_deferred = Counter(
+            "deepfake_decode_deferred",
+            "Events decoded ahead of an older partition head that had already lost its latency target (slo policy)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "deepfake_batch_size", "Images per inference call", buckets=_BATCH_BUCKETS, registry=r
         )

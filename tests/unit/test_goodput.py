@@ -5,6 +5,7 @@ Smoke runs only: no wall-clock figure is asserted beyond "measured and positive"
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from bench.goodput import (
     _slug,
     bursty_trace,
     default_policies,
+    goodput_plan,
     latency_split,
     poisson_trace,
     policy_spec,
@@ -128,9 +130,18 @@ def test_a_column_with_bounds_of_its_own_says_them_in_its_label() -> None:
     assert policy_label("slo+fifo", plan) == "**slo (ours)**, FIFO decode"
 
 
-def test_the_default_columns_add_fixed_batching_at_todays_defaults_to_the_five_policies() -> None:
+def test_every_policy_shares_the_bounds_a_user_gets_unless_the_bench_is_told_otherwise() -> None:
+    args = argparse.Namespace(quick=False, slo_max_batch_size=None, slo_max_wait_ms=None, latency_target_ms=None,
+                              goodput_samples=None, burst_mean_pct=40.0, goodput_seconds=10.0)  # fmt: skip
+    plan = goodput_plan(Settings(max_batch_size=32, max_batch_wait_ms=5.0), args)
+    assert (plan.max_batch_size, plan.max_batch_wait_ms, plan.latency_target_ms) == (32, 5.0, 100.0)
+    args.slo_max_batch_size, args.slo_max_wait_ms = 64, 50.0
+    assert goodput_plan(Settings(), args).max_batch_size == 64
+
+
+def test_the_default_columns_add_fixed_batching_at_roomy_bounds_to_the_five_policies() -> None:
     assert default_policies(Settings(max_batch_size=32, max_batch_wait_ms=5.0)) == [
-        "fixed", "fixed:32/5", "triton", "cork", "aimd", "slo"]  # fmt: skip
+        "fixed", "fixed:64/50", "triton", "cork", "aimd", "slo"]  # fmt: skip
 
 
 def test_a_policy_with_its_own_bounds_runs_with_them_and_the_others_share_the_plans() -> None:
