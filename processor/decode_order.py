@@ -1,10 +1,10 @@
 """Which queued event a free decode worker takes next: consume order, or (ours) lost partitions last.
 
-Results leave in input-offset order within a partition (SPEC), so under overload an event can only be put
+Results leave in input-offset order within a partition (docs/EVENTS.md), so under overload an event can only be put
 behind others by putting its whole partition behind them: whatever follows a late head in its partition
 waits for that head anyway. With a latency target (the `slo` policy) the queue keeps one lane per
 partition and a free worker takes the oldest head that can still make the target; a lane whose head is
-already lost (LOST_AT of the target spent before decode even started) waits while others can make it,
+already lost (half the target spent before decode even started) waits while others can make it,
 so an overload costs one partition its slack instead of every partition a bit too much of it. Without a
 target, or once every head is lost, it is plain consume order (FIFO). A head lost for REVIVE_AT targets
 goes back in line: no partition waits behind the others for ever.
@@ -20,8 +20,10 @@ from collections.abc import Callable
 
 from processor.inflight import InFlight
 
-# Of the target: a head that waited this long before decode is lost. Decode, the batcher, inference and the
-# ordered produce took 20-30 ms of a 100 ms target for the tiny model's slowest events on the 2-core VM.
+# Of the target: a head that waited this long before decode is lost. Lanes fill together, so when one head
+# crosses it the others are close behind; half the target leaves those room for decode, the batcher,
+# inference and the ordered produce (20-30 ms of a 100 ms target for the tiny model's slowest events on the
+# 2-core VM). Not tuned further: one run with 0.75 and one with 0.5, on different days' loads.
 LOST_AT = 0.5
 REVIVE_AT = 10.0  # targets: a head lost this long goes back in line (consume order), so no lane starves
 

@@ -28,7 +28,8 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   behind it, and where batching pays, in the largest batch whose inference fits half the target, the
   cheapest rows, so the backlog clears fastest without one batch making everyone behind it late. A head lost
   to the queue before the batcher (decode waiting for CPU) waits for the law's batch instead: a batch of one
-  or two spends per-batch CPU that queue needs.
+  or two spends per-batch CPU that queue needs. Before the batcher, `slo` also sets the decode order
+  (`decode_target_s`, processor.decode_order): under overload, partitions whose head is already lost wait.
 """
 
 from __future__ import annotations
