@@ -225,7 +225,7 @@ def policy_spec(text: str) -> PolicySpec:
         policy = PolicyName(column[1] if column else text)
     except ValueError:
         names = ", ".join(p.value for p in PolicyName)
-        raise ValueError(f"unknown policy {text!r} (policies: {names}, each also as POLICY:ROWS/MS)") from None
+        raise ValueError(f"unknown policy {text!r} (policies: {names}; POLICY:ROWS/MS, +fifo)") from None
     assert column is not None
     rows, wait_ms = (int(column[2]), float(column[3])) if column[2] else (None, None)
     if rows is not None and rows < 1:
