@@ -194,7 +194,7 @@ class DecodePool:
         self.decoder = decoder
         self._on_decoded = on_decoded
         self._on_failed = on_failed
-        self.order = order or DecodeOrder()
+        self.order = order if order is not None else DecodeOrder()  # an empty order is falsy (it has a length)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
     def submit(self, item: InFlight) -> None:

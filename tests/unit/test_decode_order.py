@@ -73,6 +73,15 @@ def test_a_head_lost_for_long_goes_back_in_line_so_no_partition_waits_for_ever()
     assert _drain(order) == [(0, 0), (1, 0)]
 
 
+def test_the_pool_takes_events_in_the_order_it_was_given() -> None:
+    order = DecodeOrder(TARGET_S)
+    pool = DecodePool(None, 1, print, print, order)  # type: ignore[arg-type]
+    try:
+        assert pool.order is order  # not a fresh FIFO one: an empty order has length 0
+    finally:
+        pool.shutdown()
+
+
 def test_the_pool_decodes_every_submitted_event_exactly_once() -> None:
     class Recorder:
         def __init__(self) -> None:
