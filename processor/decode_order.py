@@ -28,6 +28,7 @@ LOST_AT = 0.5
 REVIVE_AT = 10.0  # targets: a head lost this long goes back in line (consume order), so no lane starves
 
 Lane = tuple[str, int]
+FIFO_LANE: Lane = ("", -1)  # the one lane of consume order (no target)
 
 
 class DecodeOrder:
@@ -44,7 +45,9 @@ class DecodeOrder:
     def push(self, item: InFlight) -> None:
         """Queue one event behind the others of its partition."""
         with self._lock:
-            self._lanes.setdefault((item.topic, item.partition), deque()).append((next(self._seq), item))
+            # Consume order needs one lane: no scan of the lanes per event on the default (FIFO) path.
+            lane = (item.topic, item.partition) if self.target_s is not None else FIFO_LANE
+            self._lanes.setdefault(lane, deque()).append((next(self._seq), item))
 
     def pop(self) -> InFlight | None:
         """The event a free worker decodes next (None when nothing waits)."""
@@ -63,9 +66,9 @@ class DecodeOrder:
             return sum(len(q) for q in self._lanes.values())
 
     def _next_lane(self) -> Lane:
+        if len(self._lanes) == 1:
+            return next(iter(self._lanes))
         oldest = min(self._lanes, key=lambda lane: self._lanes[lane][0][0])
-        if self.target_s is None or len(self._lanes) == 1:
-            return oldest
         now_wall, now_mono = time.time(), time.monotonic()
         live = [lane for lane, q in self._lanes.items() if not self._lost(q[0][1].age_s(now_wall, now_mono))]
         if not live or oldest in live:
