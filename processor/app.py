@@ -113,7 +113,7 @@ class Processor:
         decided: Decided = queue.SimpleQueue()
         outcomes = Outcomes(s.output_topic, s.dlq_topic, self.metrics, decided)
         target_s = batcher.policy.decode_target_s if s.defer_lost_partitions else None
-        order = DecodeOrder(target_s, self.metrics.decode_deferred.inc)
+        order = DecodeOrder(target_s, self.metrics.decode_deferred.inc, batcher.policy.decode_remaining_s)
         self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, outcomes.decide, order)
         scorer = self.scorer = Scorer(batcher, lambda: self._engine(), outcomes.decide, self.metrics)
         max_message = max(64 * MiB, int(s.max_image_bytes) * 4 // 3 + ENVELOPE_ALLOWANCE_BYTES + MiB)

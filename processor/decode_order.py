@@ -4,10 +4,10 @@ Results leave in input-offset order within a partition (docs/EVENTS.md), so unde
 behind others by putting its whole partition behind them: whatever follows a late head in its partition
 waits for that head anyway. With a latency target (the `slo` policy) the queue keeps one lane per
 partition and a free worker takes the oldest head that can still make the target; a lane whose head is
-already lost (half the target spent before decode even started) waits while others can make it,
-so an overload costs one partition its slack instead of every partition a bit too much of it. Without a
-target, or once every head is lost, it is plain consume order (FIFO). A head lost for REVIVE_AT targets
-goes back in line: no partition waits behind the others for ever.
+already lost (its age plus what decode, the batcher and inference take after it, measured on recent events,
+is past the target) waits while others can make it, so an overload costs one partition its slack instead of
+every partition a bit too much of it. Without a target, or once every head is lost, it is plain consume
+order (FIFO). A head lost for REVIVE_AT targets goes back in line: no partition waits behind the others for ever.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ from collections.abc import Callable
 
 from processor.inflight import InFlight
 
-# Of the target: a head that waited this long before decode is lost. Lanes fill together, so when one head
-# crosses it the others are close behind; half the target leaves those room for decode, the batcher,
-# inference and the ordered produce (20-30 ms of a 100 ms target for the tiny model's slowest events on the
-# 2-core VM). Not tuned further: one run with 0.75 and one with 0.5, on different days' loads.
-LOST_AT = 0.5
 REVIVE_AT = 10.0  # targets: a head lost this long goes back in line (consume order), so no lane starves
 
 Lane = tuple[str, int]
@@ -34,9 +29,19 @@ FIFO_LANE: Lane = ("", -1)  # the one lane of consume order (no target)
 class DecodeOrder:
     """Thread-safe queue of events waiting for a decode worker: `push` on consume, `pop` by a free worker."""
 
-    def __init__(self, target_s: float | None = None, on_deferred: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        target_s: float | None = None,
+        on_deferred: Callable[[], None] | None = None,
+        remaining_s: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.target_s = target_s
         self._on_deferred = on_deferred  # the deepfake_decode_deferred counter
+        # Predicted seconds from decode start to scored (the policy's measure; 0 until measured: a head is then
+        # lost only once its age alone is past the target). A fixed share of the target deferred heads that
+        # would still have made it: at 75 % load FIFO landed every event within 74 ms, and deferring at 50 ms
+        # cost 8 % of the goodput.
+        self._remaining_s = remaining_s
         self._lanes: dict[Lane, deque[tuple[int, InFlight]]] = {}
         self._seq = itertools.count()
         self._lock = threading.Lock()
@@ -70,7 +75,10 @@ class DecodeOrder:
             return next(iter(self._lanes))
         oldest = min(self._lanes, key=lambda lane: self._lanes[lane][0][0])
         now_wall, now_mono = time.time(), time.monotonic()
-        live = [lane for lane, q in self._lanes.items() if not self._lost(q[0][1].age_s(now_wall, now_mono))]
+        remaining_s = self._remaining_s()
+        live = [
+            lane for lane, q in self._lanes.items() if not self._lost(q[0][1].age_s(now_wall, now_mono), remaining_s)
+        ]
         if not live or oldest in live:
             return oldest
         self.deferred += 1
@@ -78,6 +86,6 @@ class DecodeOrder:
             self._on_deferred()
         return min(live, key=lambda lane: self._lanes[lane][0][0])
 
-    def _lost(self, age_s: float) -> bool:
+    def _lost(self, age_s: float, remaining_s: float) -> bool:
         assert self.target_s is not None
-        return LOST_AT * self.target_s <= age_s < REVIVE_AT * self.target_s
+        return self.target_s <= age_s + remaining_s and age_s < REVIVE_AT * self.target_s

@@ -115,6 +115,10 @@ class BatchPolicy:
     # The latency target the decode queue triages partitions against (processor.decode_order); None: FIFO.
     decode_target_s: float | None = None
 
+    def decode_remaining_s(self) -> float:
+        """Predicted seconds from an event's decode start to its scored result (0: not measured)."""
+        return 0.0
+
     def __init__(self, max_batch_size: int, max_wait_s: float) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -128,9 +132,18 @@ class BatchPolicy:
         return Decision(0, self.wait_s - q.oldest_wait_s, self.limit)
 
     def observe(
-        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+        self,
+        latencies_s: Sequence[float],
+        batch_rows: int,
+        inference_s: float = 0.0,
+        batch_wait_s: float = 0.0,
+        since_decode_s: Sequence[float] = (),
     ) -> None:
-        """Record one scored batch: its events' end-to-end latencies, rows, inference time, mean batcher wait."""
+        """Record one scored batch.
+
+        Its events' end-to-end latencies, rows, inference time, mean batcher wait, and each event's time from
+        decode start to scored.
+        """
         return None
 
 
@@ -193,7 +206,12 @@ class CorkPolicy(BatchPolicy):
         return Decision(n)
 
     def observe(
-        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+        self,
+        latencies_s: Sequence[float],
+        batch_rows: int,
+        inference_s: float = 0.0,
+        batch_wait_s: float = 0.0,
+        since_decode_s: Sequence[float] = (),
     ) -> None:
         """Refit a, b (least squares over the last 50 batches) and the usual wait."""
         if batch_rows <= 0 or inference_s <= 0:
@@ -233,7 +251,12 @@ class AimdPolicy(BatchPolicy):
         return Decision(min(q.rows, self.limit)) if q.rows else Decision(0, self.max_wait_s, 1)
 
     def observe(
-        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+        self,
+        latencies_s: Sequence[float],
+        batch_rows: int,
+        inference_s: float = 0.0,
+        batch_wait_s: float = 0.0,
+        since_decode_s: Sequence[float] = (),
     ) -> None:
         """A batch's inference time against the target: additive increase, multiplicative decrease."""
         if inference_s > self.target_s:
@@ -353,11 +376,20 @@ class SloPolicy(BatchPolicy):
         return a > 0 and (a + b) >= PAYS * (a + b / max(1, limit))
 
     def observe(
-        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+        self,
+        latencies_s: Sequence[float],
+        batch_rows: int,
+        inference_s: float = 0.0,
+        batch_wait_s: float = 0.0,
+        since_decode_s: Sequence[float] = (),
     ) -> None:
         """Feed the controller (see processor.slo for its law)."""
-        self.controller.observe(latencies_s, batch_rows, inference_s, batch_wait_s)
+        self.controller.observe(latencies_s, batch_rows, inference_s, batch_wait_s, since_decode_s)
         self.limit = self.controller.limit
+
+    def decode_remaining_s(self) -> float:
+        """Predicted seconds from an event's decode start to its scored result (processor.decode_order)."""
+        return self.controller.after_decode_s
 
 
 def make_policy(

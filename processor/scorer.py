@@ -124,7 +124,8 @@ class Scorer:
             for item in batch.items
         ]
         waited = sum(batch.formed_at - item.decoded_at for item in batch.items) / max(1, len(batch.items))
-        policy.observe(latencies, batch.size, inference_s, waited)
+        since_decode = [now - item.decode_started for item in batch.items]
+        policy.observe(latencies, batch.size, inference_s, waited, since_decode)
         self.metrics.batch_limit.set(policy.limit)
         self.metrics.batch_wait.set(policy.wait_s)
 

@@ -36,6 +36,7 @@ HIGH, LOW = 0.8, 0.5  # of the target: shorten the wait above HIGH, relax below 
 WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the latency"
 WAIT_BUDGET = 0.1  # of the target, the longest the batcher may hold an event for a fuller batch
 COST_WINDOW = 64  # batches behind the fitted inference cost a·rows + b
+AFTER_DECODE_QUANTILE = 90  # percentile of decode start → scored that predicts an event's remaining time
 
 
 class SloController:
@@ -52,21 +53,31 @@ class SloController:
         self._fills: deque[float] = deque(maxlen=ADJUST_EVERY)
         self._waits: deque[float] = deque(maxlen=ADJUST_EVERY)  # mean seconds a batch's events spent in the batcher
         self._costs: deque[tuple[int, float]] = deque(maxlen=COST_WINDOW)  # (rows, inference s) per batch
+        self._after_decode: deque[float] = deque(maxlen=WINDOW)  # per event: decode start → scored, seconds
+        # Its AFTER_DECODE_QUANTILE, refreshed every ADJUST_EVERY batches: what an event that starts decode now
+        # still has to spend (decode, batcher, inference). Read by the decode order (processor.decode_order).
+        self.after_decode_s = 0.0
         self._fit = (0.0, 0.0)  # (a s per row, b s per batch), refitted every ADJUST_EVERY batches
         self._cap = max_batch_size  # inference_cap(), recomputed per batch (the batcher reads it per decision)
         self._batches = 0
         self._lock = threading.Lock()
 
     def observe(
-        self, latencies_s: Sequence[float], batch_rows: int, inference_s: float = 0.0, batch_wait_s: float = 0.0
+        self,
+        latencies_s: Sequence[float],
+        batch_rows: int,
+        inference_s: float = 0.0,
+        batch_wait_s: float = 0.0,
+        since_decode_s: Sequence[float] = (),
     ) -> None:
         """Record one scored batch.
 
-        Its events' end-to-end latencies so far, how full it was, its inference time, and how long its events
-        waited in the batcher on average.
+        Its events' end-to-end latencies so far, how full it was, its inference time, how long its events
+        waited in the batcher on average, and each event's time from decode start to scored.
         """
         with self._lock:
             self._latencies.extend(latencies_s)
+            self._after_decode.extend(since_decode_s)
             self._fills.append(batch_rows / max(1, self.limit))
             self._waits.append(batch_wait_s)
             if inference_s > 0 and batch_rows > 0:
@@ -75,6 +86,10 @@ class SloController:
                     self._fit = fit_cost(self._costs)
                 self._cap = self._rows_within_inference_share()
             self._batches += 1
+            if self._batches % ADJUST_EVERY == 0 and self._after_decode:
+                self.after_decode_s = float(
+                    np.percentile(np.fromiter(self._after_decode, float), AFTER_DECODE_QUANTILE)
+                )
             if self._batches % ADJUST_EVERY == 0 and len(self._latencies) >= 16:
                 self._adjust(float(np.percentile(np.fromiter(self._latencies, float), 99)))
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from processor.decode import DecodePool
-from processor.decode_order import LOST_AT, REVIVE_AT, DecodeOrder
+from processor.decode_order import REVIVE_AT, DecodeOrder
 from processor.inflight import InFlight
 
 TARGET_S = 0.1
+AFTER_DECODE_S = 0.03  # what decode, the batcher and inference take after a head starts decode
+
+
+def _order(on_deferred: Callable[[], None] | None = None) -> DecodeOrder:
+    return DecodeOrder(TARGET_S, on_deferred, remaining_s=lambda: AFTER_DECODE_S)
 
 
 def _event(partition: int, offset: int, age_s: float) -> InFlight:
@@ -34,8 +40,8 @@ def test_without_a_target_workers_take_events_in_consume_order_across_partitions
 
 def test_a_partition_whose_head_is_already_lost_waits_while_another_can_still_make_the_target() -> None:
     counted: list[int] = []
-    order = DecodeOrder(TARGET_S, on_deferred=lambda: counted.append(1))
-    order.push(_event(0, 0, age_s=LOST_AT * TARGET_S + 0.01))  # lost before decode even started
+    order = _order(on_deferred=lambda: counted.append(1))
+    order.push(_event(0, 0, age_s=TARGET_S - AFTER_DECODE_S + 0.01))  # decoded now, it would still land late
     order.push(_event(0, 1, age_s=0.0))  # behind it in its partition: produced after it, so it waits too
     order.push(_event(1, 0, age_s=0.0))
     order.push(_event(1, 1, age_s=0.0))
@@ -44,7 +50,7 @@ def test_a_partition_whose_head_is_already_lost_waits_while_another_can_still_ma
 
 
 def test_within_a_partition_events_are_always_taken_in_offset_order() -> None:
-    order = DecodeOrder(TARGET_S)
+    order = _order()
     order.push(_event(0, 0, age_s=1.0))
     order.push(_event(0, 1, age_s=0.0))
     order.push(_event(0, 2, age_s=0.0))
@@ -52,29 +58,37 @@ def test_within_a_partition_events_are_always_taken_in_offset_order() -> None:
 
 
 def test_a_head_that_can_still_make_it_keeps_its_place_in_consume_order() -> None:
-    order = DecodeOrder(TARGET_S)
-    order.push(_event(0, 0, age_s=0.5 * LOST_AT * TARGET_S))
+    order = _order()
+    order.push(_event(0, 0, age_s=TARGET_S - AFTER_DECODE_S - 0.01))  # late, but decoded now it lands in time
     order.push(_event(1, 0, age_s=0.0))
     assert _drain(order) == [(0, 0), (1, 0)]
     assert order.deferred == 0
 
 
+def test_until_the_time_after_decode_is_measured_only_a_head_past_the_target_is_lost() -> None:
+    order = DecodeOrder(TARGET_S)  # remaining time unknown: taken as 0
+    order.push(_event(0, 0, age_s=0.9 * TARGET_S))
+    order.push(_event(1, 0, age_s=1.1 * TARGET_S))
+    order.push(_event(2, 0, age_s=0.0))
+    assert _drain(order) == [(0, 0), (2, 0), (1, 0)]
+
+
 def test_once_every_head_is_lost_it_is_consume_order_again() -> None:
-    order = DecodeOrder(TARGET_S)
+    order = _order()
     order.push(_event(0, 0, age_s=2 * TARGET_S))
     order.push(_event(1, 0, age_s=TARGET_S))
     assert _drain(order) == [(0, 0), (1, 0)]
 
 
 def test_a_head_lost_for_long_goes_back_in_line_so_no_partition_waits_for_ever() -> None:
-    order = DecodeOrder(TARGET_S)
+    order = _order()
     order.push(_event(0, 0, age_s=REVIVE_AT * TARGET_S + 0.1))
     order.push(_event(1, 0, age_s=0.0))
     assert _drain(order) == [(0, 0), (1, 0)]
 
 
 def test_the_pool_takes_events_in_the_order_it_was_given() -> None:
-    order = DecodeOrder(TARGET_S)
+    order = _order()
     pool = DecodePool(None, 1, print, print, order)  # type: ignore[arg-type]
     try:
         assert pool.order is order  # not a fresh FIFO one: an empty order has length 0

@@ -93,6 +93,14 @@ def test_latency_well_under_target_lets_wait_and_limit_recover_within_their_maxi
     assert slo.limit == 32 and slo.wait_s == 0.01
 
 
+def test_the_time_after_decode_start_it_predicts_is_the_90th_percentile_of_recent_events() -> None:
+    slo = SloController(target_s=0.1, max_batch_size=32, max_wait_s=0.005)
+    assert slo.after_decode_s == 0.0  # not measured yet
+    for batch in range(ADJUST_EVERY):
+        slo.observe([0.05] * 10, 10, 0.004, 0.0, [0.001 * (batch * 10 + i + 1) for i in range(10)])
+    assert slo.after_decode_s == pytest.approx(np.percentile(np.arange(1, 81) * 0.001, 90))
+
+
 def test_batcher_honours_the_controller_limit() -> None:
     slo = SloController(target_s=1.0, max_batch_size=8, max_wait_s=10.0)
     slo.limit = 2
