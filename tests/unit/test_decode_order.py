@@ -6,9 +6,15 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
+from processor.batcher import MicroBatcher
 from processor.decode import DecodePool
 from processor.decode_order import REVIVE_AT, DecodeOrder
 from processor.inflight import InFlight
+from processor.scorer import Scorer
+from processor.slo import ADJUST_EVERY, SloController
+from processor.telemetry.metrics import Metrics
 
 TARGET_S = 0.1
 AFTER_DECODE_S = 0.03  # what decode, the batcher and inference take after a head starts decode
@@ -115,3 +121,24 @@ def test_the_pool_decodes_every_submitted_event_exactly_once() -> None:
     assert sorted(recorder.seen) == list(range(200))
     assert len(decoded) == 200
     assert len(pool.order) == 0
+
+
+def test_the_scorer_tells_the_slo_policy_what_events_spend_after_decode_starts() -> None:
+    """The order's prediction is measured: each scored event's time since its decode started, via the policy."""
+
+    class Engine:
+        def infer(self, tensor: np.ndarray) -> np.ndarray:
+            return np.full((len(tensor), 2), 0.5, dtype=np.float32)
+
+    slo = SloController(TARGET_S, max_batch_size=4, max_wait_s=0.0)
+    batcher = MicroBatcher(4, 0.0, (3, 2, 2), slo=slo, policy="slo", capacity_rows=1000)
+    scorer = Scorer(batcher, lambda: Engine(), lambda item: None, Metrics())  # type: ignore[arg-type,return-value]
+    assert batcher.policy.decode_remaining_s() == 0.0
+    for offset in range(4 * ADJUST_EVERY):
+        item = _event(0, offset, age_s=0.0)
+        item.decode_started = time.monotonic() - 0.04  # decode started 40 ms before it is scored
+        item.crops = np.zeros((1, 3, 2, 2), dtype=np.float32)
+        batcher.put(item)
+    for batch in iter(lambda: batcher.next_batch(timeout_s=0.0), None):
+        scorer.score(batch)
+    assert 0.04 <= batcher.policy.decode_remaining_s() < 0.04 + 1.0
