@@ -42,7 +42,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from processor.slo import SloController
+from processor.slo import ScoredBatch, SloController
 
 
 class PolicyName(StrEnum):
@@ -131,19 +131,8 @@ class BatchPolicy:
             return Decision(self.limit)
         return Decision(0, self.wait_s - q.oldest_wait_s, self.limit)
 
-    def observe(
-        self,
-        latencies_s: Sequence[float],
-        batch_rows: int,
-        inference_s: float = 0.0,
-        batch_wait_s: float = 0.0,
-        since_decode_s: Sequence[float] = (),
-    ) -> None:
-        """Record one scored batch.
-
-        Its events' end-to-end latencies, rows, inference time, mean batcher wait, and each event's time from
-        decode start to scored.
-        """
+    def observe(self, batch: ScoredBatch) -> None:
+        """Record one scored batch (the policies that learn override it)."""
         return None
 
 
@@ -205,18 +194,11 @@ class CorkPolicy(BatchPolicy):
             return Decision(0, CORK_TICK_S, n + 1)
         return Decision(n)
 
-    def observe(
-        self,
-        latencies_s: Sequence[float],
-        batch_rows: int,
-        inference_s: float = 0.0,
-        batch_wait_s: float = 0.0,
-        since_decode_s: Sequence[float] = (),
-    ) -> None:
+    def observe(self, batch: ScoredBatch) -> None:
         """Refit a, b (least squares over the last 50 batches) and the usual wait."""
-        if batch_rows <= 0 or inference_s <= 0:
+        if batch.rows <= 0 or batch.inference_s <= 0:
             return
-        self._samples.append((batch_rows, inference_s, batch_wait_s))
+        self._samples.append((batch.rows, batch.inference_s, batch.wait_s))
         if len(self._samples) < 3:
             return
         rows = np.array([s[0] for s in self._samples], dtype=np.float64)
@@ -250,18 +232,11 @@ class AimdPolicy(BatchPolicy):
         """Never waits: whatever is ready, up to the current cap."""
         return Decision(min(q.rows, self.limit)) if q.rows else Decision(0, self.max_wait_s, 1)
 
-    def observe(
-        self,
-        latencies_s: Sequence[float],
-        batch_rows: int,
-        inference_s: float = 0.0,
-        batch_wait_s: float = 0.0,
-        since_decode_s: Sequence[float] = (),
-    ) -> None:
+    def observe(self, batch: ScoredBatch) -> None:
         """A batch's inference time against the target: additive increase, multiplicative decrease."""
-        if inference_s > self.target_s:
+        if batch.inference_s > self.target_s:
             self.limit = max(1, int(self.limit * AIMD_BACKOFF))
-        elif batch_rows >= self.limit:  # only a full batch shows the cap was not too big
+        elif batch.rows >= self.limit:  # only a full batch shows the cap was not too big
             self.limit = min(self.max_batch_size, self.limit + AIMD_STEP)
 
 
@@ -375,16 +350,9 @@ class SloPolicy(BatchPolicy):
         """A full batch's cost per row is at most 1/PAYS of a lone row's (unknown cost: it does not pay yet)."""
         return a > 0 and (a + b) >= PAYS * (a + b / max(1, limit))
 
-    def observe(
-        self,
-        latencies_s: Sequence[float],
-        batch_rows: int,
-        inference_s: float = 0.0,
-        batch_wait_s: float = 0.0,
-        since_decode_s: Sequence[float] = (),
-    ) -> None:
+    def observe(self, batch: ScoredBatch) -> None:
         """Feed the controller (see processor.slo for its law)."""
-        self.controller.observe(latencies_s, batch_rows, inference_s, batch_wait_s, since_decode_s)
+        self.controller.observe(batch)
         self.limit = self.controller.limit
 
     def decode_remaining_s(self) -> float:

@@ -13,6 +13,7 @@ from processor.batcher import Batch, MicroBatcher
 from processor.engine import Engine
 from processor.errors import InferenceFailed, Unrecoverable
 from processor.inflight import InFlight
+from processor.slo import ScoredBatch
 from processor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class Scorer:
         ]
         waited = sum(batch.formed_at - item.decoded_at for item in batch.items) / max(1, len(batch.items))
         since_decode = [now - item.decode_started for item in batch.items]
-        policy.observe(latencies, batch.size, inference_s, waited, since_decode)
+        policy.observe(ScoredBatch(batch.size, inference_s, latencies, waited, since_decode))
         self.metrics.batch_limit.set(policy.limit)
         self.metrics.batch_wait.set(policy.wait_s)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +38,17 @@ WAIT_SHARE = 0.1  # of p99, the batcher wait that counts as "a real part of the 
 WAIT_BUDGET = 0.1  # of the target, the longest the batcher may hold an event for a fuller batch
 COST_WINDOW = 64  # batches behind the fitted inference cost a·rows + b
 AFTER_DECODE_QUANTILE = 90  # percentile of decode start → scored that predicts an event's remaining time
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """What the scorer reports to the batching policy after each batch (seconds throughout)."""
+
+    rows: int
+    inference_s: float = 0.0
+    latencies_s: Sequence[float] = ()  # per event: end to end so far (from the Kafka timestamp)
+    wait_s: float = 0.0  # mean time its events spent in the batcher
+    since_decode_s: Sequence[float] = ()  # per event: since its decode started (what the decode order predicts with)
 
 
 class SloController:
@@ -62,26 +74,15 @@ class SloController:
         self._batches = 0
         self._lock = threading.Lock()
 
-    def observe(
-        self,
-        latencies_s: Sequence[float],
-        batch_rows: int,
-        inference_s: float = 0.0,
-        batch_wait_s: float = 0.0,
-        since_decode_s: Sequence[float] = (),
-    ) -> None:
-        """Record one scored batch.
-
-        Its events' end-to-end latencies so far, how full it was, its inference time, how long its events
-        waited in the batcher on average, and each event's time from decode start to scored.
-        """
+    def observe(self, batch: ScoredBatch) -> None:
+        """Record one scored batch: latencies for the p99, fill and wait for the law, inference for the cost fit."""
         with self._lock:
-            self._latencies.extend(latencies_s)
-            self._after_decode.extend(since_decode_s)
-            self._fills.append(batch_rows / max(1, self.limit))
-            self._waits.append(batch_wait_s)
-            if inference_s > 0 and batch_rows > 0:
-                self._costs.append((batch_rows, inference_s))
+            self._latencies.extend(batch.latencies_s)
+            self._after_decode.extend(batch.since_decode_s)
+            self._fills.append(batch.rows / max(1, self.limit))
+            self._waits.append(batch.wait_s)
+            if batch.inference_s > 0 and batch.rows > 0:
+                self._costs.append((batch.rows, batch.inference_s))
                 if len(self._costs) <= ADJUST_EVERY or self._batches % ADJUST_EVERY == 0:
                     self._fit = fit_cost(self._costs)
                 self._cap = self._rows_within_inference_share()

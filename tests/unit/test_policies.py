@@ -15,7 +15,7 @@ from processor.policies import (
     TritonPolicy,
     make_policy,
 )
-from processor.slo import ADJUST_EVERY, SloController, fit_cost
+from processor.slo import ADJUST_EVERY, ScoredBatch, SloController, fit_cost
 
 
 def _q(rows: int, oldest: float = 0.0, newest: float = 0.0, age: float = 0.0, arrivals: float = 0.0) -> QueueState:
@@ -49,7 +49,7 @@ def test_triton_prefers_the_configured_static_buckets() -> None:
 def test_cork_keeps_waiting_while_waiting_costs_less_than_the_usual_wait() -> None:
     policy = CorkPolicy(max_batch_size=64, max_wait_s=0.05)
     for rows in (1, 2, 4, 8, 1, 2, 4, 8):
-        policy.observe([], rows, inference_s=0.001 + 0.002 * rows, batch_wait_s=0.02)
+        policy.observe(ScoredBatch(rows, inference_s=0.001 + 0.002 * rows, wait_s=0.02))
     assert policy.a == pytest.approx(0.002) and policy.b == pytest.approx(0.001)
     # 2 rows: 2 · (1 ms + 1 ms tick + 2 ms per row) = 8 ms <= 0.95 · 20 ms: wait a tick, or for one more row.
     cork = policy.decide(_q(2, oldest=0.003, newest=0.001))
@@ -63,11 +63,11 @@ def test_aimd_never_waits_adds_one_after_a_batch_within_target_and_backs_off_ten
     policy = AimdPolicy(max_batch_size=64, max_wait_s=0.05, target_s=0.1)
     assert policy.limit == 1 and policy.decide(_q(5)).take == 1
     for _ in range(19):
-        policy.observe([], policy.limit, inference_s=0.01)
+        policy.observe(ScoredBatch(policy.limit, inference_s=0.01))
     assert policy.limit == 20
-    policy.observe([], 20, inference_s=0.2)
+    policy.observe(ScoredBatch(20, inference_s=0.2))
     assert policy.limit == 18
-    policy.observe([], 3, inference_s=0.01)  # a batch short of the cap says nothing about the cap
+    policy.observe(ScoredBatch(3, inference_s=0.01))  # a batch short of the cap says nothing about the cap
     assert policy.limit == 18
 
 
@@ -76,7 +76,7 @@ def _controller(a: float, b: float, *, p99_s: float = 0.03, target_s: float = 0.
     slo = SloController(target_s=target_s, max_batch_size=64, max_wait_s=0.05)
     for i in range(2 * ADJUST_EVERY):
         rows = (1, 4, 8, 16)[i % 4]
-        slo.observe([p99_s] * 4, rows, a * rows + b, 0.001)
+        slo.observe(ScoredBatch(rows, a * rows + b, [p99_s] * 4, 0.001))
     return slo
 
 

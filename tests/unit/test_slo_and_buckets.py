@@ -7,7 +7,7 @@ import pytest
 
 from processor.batcher import MicroBatcher
 from processor.inflight import InFlight
-from processor.slo import ADJUST_EVERY, SloController
+from processor.slo import ADJUST_EVERY, ScoredBatch, SloController
 
 SHAPE = (3, 4, 4)
 
@@ -27,7 +27,7 @@ def _feed(
     waited_s: float = 0.0,
 ) -> None:
     for _ in range(batches):
-        slo.observe([latency_s] * 4, rows, infer_s, waited_s)
+        slo.observe(ScoredBatch(rows, infer_s, [latency_s] * 4, waited_s))
 
 
 def test_batch_is_padded_to_the_next_bucket_with_zero_rows() -> None:
@@ -97,7 +97,7 @@ def test_the_time_after_decode_start_it_predicts_is_the_90th_percentile_of_recen
     slo = SloController(target_s=0.1, max_batch_size=32, max_wait_s=0.005)
     assert slo.after_decode_s == 0.0  # not measured yet
     for batch in range(ADJUST_EVERY):
-        slo.observe([0.05] * 10, 10, 0.004, 0.0, [0.001 * (batch * 10 + i + 1) for i in range(10)])
+        slo.observe(ScoredBatch(10, 0.004, [0.05] * 10, 0.0, [0.001 * (batch * 10 + i + 1) for i in range(10)]))
     assert slo.after_decode_s == pytest.approx(np.percentile(np.arange(1, 81) * 0.001, 90))
 
 
