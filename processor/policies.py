@@ -115,10 +115,6 @@ class BatchPolicy:
     # The latency target the decode queue triages partitions against (processor.decode_order); None: FIFO.
     decode_target_s: float | None = None
 
-    def decode_remaining_s(self) -> float:
-        """Predicted seconds from an event's decode start to its scored result (0: not measured)."""
-        return 0.0
-
     def __init__(self, max_batch_size: int, max_wait_s: float) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -134,6 +130,10 @@ class BatchPolicy:
     def observe(self, batch: ScoredBatch) -> None:
         """Record one scored batch (the policies that learn override it)."""
         return None
+
+    def decode_remaining_s(self) -> float:
+        """Predicted seconds from an event's decode start to its scored result (0: not measured)."""
+        return 0.0
 
 
 class FixedPolicy(BatchPolicy):

@@ -119,11 +119,7 @@ class Scorer:
         """Feed the batching policy what it learns from (processor.policies); only policies that adapt ask."""
         policy = self.batcher.policy
         now_wall, now = time.time(), time.monotonic()
-        # End to end from the input's Kafka timestamp when it has one (SLO definition), else from consume.
-        latencies = [
-            now_wall - item.timestamp_ms / 1000.0 if item.timestamp_ms is not None else now - item.consumed_at
-            for item in batch.items
-        ]
+        latencies = [item.age_s(now_wall, now) for item in batch.items]  # the SLO's end to end, so far
         waited = sum(batch.formed_at - item.decoded_at for item in batch.items) / max(1, len(batch.items))
         since_decode = [now - item.decode_started for item in batch.items]
         policy.observe(ScoredBatch(batch.size, inference_s, latencies, waited, since_decode))

@@ -87,11 +87,13 @@ class SloController:
                     self._fit = fit_cost(self._costs)
                 self._cap = self._rows_within_inference_share()
             self._batches += 1
-            if self._batches % ADJUST_EVERY == 0 and self._after_decode:
+            if self._batches % ADJUST_EVERY:
+                return
+            if self._after_decode:
                 self.after_decode_s = float(
                     np.percentile(np.fromiter(self._after_decode, float), AFTER_DECODE_QUANTILE)
                 )
-            if self._batches % ADJUST_EVERY == 0 and len(self._latencies) >= 16:
+            if len(self._latencies) >= 16:
                 self._adjust(float(np.percentile(np.fromiter(self._latencies, float), 99)))
 
     def _adjust(self, p99_s: float) -> None:
