@@ -103,6 +103,8 @@ class Processor:
             buckets=tuple(s.batch_buckets),
             slo=slo,
             policy=s.batch_policy,
+            defer_lost=s.defer_lost_partitions,
+            on_deferred=self.metrics.batch_deferred.inc,
         )
         fetcher = (
             UrlFetcher(s.image_url_allowlist, max_bytes=int(s.max_image_bytes), read_timeout_s=s.fetch_timeout_s)
@@ -112,7 +114,7 @@ class Processor:
         limits = DecodeLimits(int(s.max_image_bytes), s.max_image_pixels, s.max_faces)
         decided: Decided = queue.SimpleQueue()
         outcomes = Outcomes(s.output_topic, s.dlq_topic, self.metrics, decided)
-        target_s = batcher.policy.decode_target_s if s.defer_lost_partitions else None
+        target_s = batcher.policy.triage_target_s if s.defer_lost_partitions else None
         order = DecodeOrder(target_s, self.metrics.decode_deferred.inc, batcher.policy.decode_remaining_s)
         self.decode = DecodePool(Decoder(pre, limits, fetcher), s.decode_workers, batcher.put, outcomes.decide, order)
         scorer = self.scorer = Scorer(batcher, lambda: self._engine(), outcomes.decide, self.metrics)

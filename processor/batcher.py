@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,8 @@ class MicroBatcher:
         slo: SloController | None = None,
         capacity_rows: int = 0,
         policy: BatchPolicy | str | None = None,
+        defer_lost: bool = False,
+        on_deferred: Callable[[float], None] | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -52,6 +55,11 @@ class MicroBatcher:
             else make_policy(policy, max_batch_size, max_wait_s, slo=slo, preferred=self.buckets)
         )
         self.capacity_rows = capacity_rows or 2 * max_batch_size
+        # Partition triage (ours, DFP_DEFER_LOST_PARTITIONS): when the oldest ready event can no longer make the
+        # latency target, the batch comes from the partitions whose oldest ready event still can.
+        self._triage = defer_lost and self.policy.triage_target_s is not None
+        self._on_deferred = on_deferred  # the deepfake_batch_deferred counter
+        self.deferred = 0  # events batched ahead of an older, lost partition head (for tests and the bench)
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
         self._arrivals = ArrivalRate()  # what the policy sizes a batch that keeps up against
@@ -107,9 +115,10 @@ class MicroBatcher:
                 now = time.monotonic()
                 wait = deadline - now
                 if self._ready:
-                    decision = self.policy.decide(self._state(now))
+                    order = self._order(now)
+                    decision = self.policy.decide(self._state(order, now))
                     if decision.take > 0:
-                        return (*self._take(decision.take), now)
+                        return (*self._take(decision.take, order), now)
                     wait = min(wait, decision.wait_s)
                     self._wake_rows = max(1, decision.wake_rows)
                 if self._closed or now >= deadline:
@@ -118,21 +127,62 @@ class MicroBatcher:
                     return [], 0, now
                 self._cond.wait(max(wait, 0.0))
 
-    def _state(self, now: float) -> QueueState:
-        queued_at, head = self._ready[0]
-        age = head.age_s(time.time(), now)
-        return QueueState(self._ready_rows, now - queued_at, now - self._ready[-1][0], age, self._arrivals.rows_per_s)
+    def _order(self, now: float) -> Sequence[tuple[float, InFlight]]:
+        """The ready events a batch is formed from, oldest first: all of them, or (triage) the live partitions'.
 
-    def _take(self, limit: int) -> tuple[list[InFlight], int]:
+        Results leave in offset order within a partition, so an event behind a lost head is late with it. When
+        the oldest event is lost and batching in order would make the oldest live one late too, the partitions
+        that can still make the target go first: the lost ones lose nothing they had not lost already, and a
+        queue at the model does not make everyone late (Clockwork's rule, without dropping). A lost partition
+        waits until no live rows are ready, or until its rows fill the batcher (`put` then blocks decode, so
+        no live rows can arrive): no partition waits for ever.
+        """
+        if not self._triage or len(self._ready) < 2:
+            return self._ready
+        wall = time.time()
+        if not self.policy.head_lost(self._ready[0][1].age_s(wall, now)):
+            return self._ready  # younger heads are live too
+        lost: set[tuple[str, int]] = set()
+        live: set[tuple[str, int]] = set()
+        rows_ahead, live_age = 0, None
+        for _, item in self._ready:
+            lane = (item.topic, item.partition)
+            if live_age is None:
+                rows_ahead += _rows(item)
+            if lane not in lost and lane not in live:
+                age = item.age_s(wall, now)
+                if self.policy.head_lost(age):
+                    lost.add(lane)
+                else:
+                    live.add(lane)
+                    live_age = age if live_age is None else live_age
+        if live_age is None or self.policy.in_time_behind(live_age, rows_ahead):
+            return self._ready
+        return [entry for entry in self._ready if (entry[1].topic, entry[1].partition) in live]
+
+    def _state(self, order: Sequence[tuple[float, InFlight]], now: float) -> QueueState:
+        queued_at, head = order[0]
+        rows = self._ready_rows if order is self._ready else sum(_rows(item) for _, item in order)
+        age = head.age_s(time.time(), now)
+        return QueueState(rows, now - queued_at, now - order[-1][0], age, self._arrivals.rows_per_s)
+
+    def _take(self, limit: int, order: Sequence[tuple[float, InFlight]] | None = None) -> tuple[list[InFlight], int]:
         items: list[InFlight] = []
         rows = 0
-        while self._ready:
-            crops = self._ready[0][1].crops
-            assert crops is not None
-            if items and rows + len(crops) > limit:
+        for _, item in order if order is not None else self._ready:
+            if items and rows + _rows(item) > limit:
                 break
-            items.append(self._ready.popleft()[1])
-            rows += len(crops)
+            items.append(item)
+            rows += _rows(item)
+        if order is None or order is self._ready:
+            for _ in items:
+                self._ready.popleft()
+        else:
+            taken = {id(item) for item in items}
+            self._ready = deque(entry for entry in self._ready if id(entry[1]) not in taken)
+            self.deferred += len(items)
+            if self._on_deferred is not None:
+                self._on_deferred(len(items))
         self._ready_rows -= rows
         self._cond.notify_all()  # room again for decode workers blocked in put()
         return items, rows
@@ -156,3 +206,9 @@ class MicroBatcher:
             slices.append(slice(start, end))
             start = end
         return Batch(items=items, tensor=tensor, rows=slices, formed_at=now, size=rows)
+
+
+def _rows(item: InFlight) -> int:
+    """Rows an event takes in a batch (one per face, or one for the whole image)."""
+    assert item.crops is not None
+    return len(item.crops)

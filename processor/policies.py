@@ -28,8 +28,9 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   behind it, and where batching pays, in the largest batch whose inference fits half the target, the
   cheapest rows, so the backlog clears fastest without one batch making everyone behind it late. A head lost
   to the queue before the batcher (decode waiting for CPU) waits for the law's batch instead: a batch of one
-  or two spends per-batch CPU that queue needs. Before the batcher, `slo` also sets the decode order
-  (`decode_target_s`, processor.decode_order): under overload, partitions whose head is already lost wait.
+  or two spends per-batch CPU that queue needs. `slo` also triages partitions (`triage_target_s`): under
+  overload, partitions whose head is already lost wait, both for a decode worker (processor.decode_order)
+  and in the batcher (`head_lost`), while the others' events make their target.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class BatchPolicy:
 
     name = "base"
     learns = False  # True: the scorer reports every batch to `observe` (it costs a clock read per event)
-    # The latency target the decode queue triages partitions against (processor.decode_order); None: FIFO.
-    decode_target_s: float | None = None
+    # The latency target the decode queue and the batcher triage partitions against (`head_lost`); None: FIFO.
+    triage_target_s: float | None = None
 
     def __init__(self, max_batch_size: int, max_wait_s: float) -> None:
         self.max_batch_size = max_batch_size
@@ -134,6 +135,14 @@ class BatchPolicy:
     def decode_remaining_s(self) -> float:
         """Predicted seconds from an event's decode start to its scored result (0: not measured)."""
         return 0.0
+
+    def head_lost(self, age_s: float) -> bool:
+        """Whether a ready event this old misses the target even if scored alone now (no target: never)."""
+        return False
+
+    def in_time_behind(self, age_s: float, rows: int) -> bool:
+        """Whether a ready event this old makes the target batched in order behind `rows` rows, its own included."""
+        return True
 
 
 class FixedPolicy(BatchPolicy):
@@ -260,7 +269,7 @@ class SloPolicy(BatchPolicy):
     def __init__(self, controller: SloController) -> None:
         super().__init__(controller.max_batch_size, controller.max_wait_s)
         self.controller = controller
-        self.decode_target_s = controller.target_s  # under overload, lost partitions are decoded last
+        self.triage_target_s = controller.target_s  # under overload, lost partitions are decoded and batched last
         self.late_batches = 0  # batches sent under the overload rules (a gauge for tests and the bench)
 
     def decide(self, q: QueueState) -> Decision:
@@ -358,6 +367,17 @@ class SloPolicy(BatchPolicy):
     def decode_remaining_s(self) -> float:
         """Predicted seconds from an event's decode start to its scored result (processor.decode_order)."""
         return self.controller.after_decode_s
+
+    def head_lost(self, age_s: float) -> bool:
+        """It cannot make AT_RISK of the target even scored alone now."""
+        a, b = self.controller.cost_model()
+        return self._rows_in_time(age_s, a, b) == 0
+
+    def in_time_behind(self, age_s: float, rows: int) -> bool:
+        """It makes AT_RISK of the target after `rows` rows in batches of the law's limit, at the fitted cost."""
+        a, b = self.controller.cost_model()
+        batches = math.ceil(rows / max(1, min(self.limit, self.controller.inference_cap())))
+        return age_s + a * rows + b * batches <= AT_RISK * self.controller.target_s
 
 
 def make_policy(

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
     defer_lost_partitions: bool = Field(
         True,
-        description="slo policy: under overload, decode the partitions whose head can still make "
+        description="slo policy: under overload, decode and batch the partitions whose head can still make "
         "DFP_LATENCY_TARGET_MS first (results stay in offset order within a partition); false = consume order",
     )
     batch_buckets: CommaInts = Field(

@@ -63,6 +63,11 @@ class Metrics:
             "Events decoded ahead of an older partition head that had already lost its latency target (slo policy)",
             registry=r,
         )
+        self.batch_deferred = Counter(
+            "deepfake_batch_deferred",
+            "Events batched ahead of an older partition head that had already lost its latency target (slo policy)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "deepfake_batch_size", "Images per inference call", buckets=_BATCH_BUCKETS, registry=r
         )
