@@ -55,11 +55,10 @@ class MicroBatcher:
             else make_policy(policy, max_batch_size, max_wait_s, slo=slo, preferred=self.buckets)
         )
         self.capacity_rows = capacity_rows or 2 * max_batch_size
-        # Partition triage (ours, DFP_DEFER_LOST_PARTITIONS): when the oldest ready event can no longer make the
-        # latency target, the batch comes from the partitions whose oldest ready event still can.
+        # Partition triage (ours, DFP_DEFER_LOST_PARTITIONS; see _order): lost partitions go last when batching
+        # them in order would make a partition that can still make the latency target late.
         self._triage = defer_lost and self.policy.triage_target_s is not None
-        self._on_deferred = on_deferred  # the deepfake_batch_deferred counter
-        self.deferred = 0  # events batched ahead of an older, lost partition head (for tests and the bench)
+        self._on_deferred = on_deferred  # the deepfake_batch_deferred counter: events batched ahead of a lost head
         self._ready: deque[tuple[float, InFlight]] = deque()
         self._ready_rows = 0
         self._arrivals = ArrivalRate()  # what the policy sizes a batch that keeps up against
@@ -180,7 +179,6 @@ class MicroBatcher:
         else:
             taken = {id(item) for item in items}
             self._ready = deque(entry for entry in self._ready if id(entry[1]) not in taken)
-            self.deferred += len(items)
             if self._on_deferred is not None:
                 self._on_deferred(len(items))
         self._ready_rows -= rows

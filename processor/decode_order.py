@@ -45,7 +45,6 @@ class DecodeOrder:
         self._lanes: dict[Lane, deque[tuple[int, InFlight]]] = {}
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        self.deferred = 0  # events taken ahead of an older, lost head (a counter for tests and the bench)
 
     def push(self, item: InFlight) -> None:
         """Queue one event behind the others of its partition."""
@@ -81,7 +80,6 @@ class DecodeOrder:
         ]
         if not live or oldest in live:
             return oldest
-        self.deferred += 1
         if self._on_deferred is not None:
             self._on_deferred()
         return min(live, key=lambda lane: self._lanes[lane][0][0])
