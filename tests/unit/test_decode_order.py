@@ -18,10 +18,13 @@ from processor.telemetry.metrics import Metrics
 
 TARGET_S = 0.1
 AFTER_DECODE_S = 0.03  # what decode, the batcher and inference take after a head starts decode
+DECODE_INTERVAL_S = 0.02  # measured between pops while events wait: each event decoded first delays the rest
 
 
 def _order(on_deferred: Callable[[], None] | None = None) -> DecodeOrder:
-    return DecodeOrder(TARGET_S, on_deferred, remaining_s=lambda: AFTER_DECODE_S)
+    order = DecodeOrder(TARGET_S, on_deferred, remaining_s=lambda: AFTER_DECODE_S)
+    order.pop_interval_s = DECODE_INTERVAL_S
+    return order
 
 
 def _event(partition: int, offset: int, age_s: float) -> InFlight:
@@ -45,15 +48,43 @@ def test_without_a_target_workers_take_events_in_consume_order_across_partitions
     assert counted == []
 
 
-def test_a_partition_whose_head_is_already_lost_waits_while_another_can_still_make_the_target() -> None:
+def test_a_lost_partition_waits_when_decoding_it_first_would_make_a_partition_that_can_still_make_it_late() -> None:
     counted: list[int] = []
     order = _order(on_deferred=lambda: counted.append(1))
     order.push(_event(0, 0, age_s=TARGET_S - AFTER_DECODE_S + 0.01))  # decoded now, it would still land late
     order.push(_event(0, 1, age_s=0.0))  # behind it in its partition: produced after it, so it waits too
-    order.push(_event(1, 0, age_s=0.0))
-    order.push(_event(1, 1, age_s=0.0))
+    # 50 ms old: decoded now it lands at 80 ms; after partition 0's two events (2 × 20 ms), at 120 ms.
+    order.push(_event(1, 0, age_s=0.05))
+    order.push(_event(1, 1, age_s=0.05))
     assert _drain(order) == [(1, 0), (1, 1), (0, 0), (0, 1)]
     assert len(counted) == 2  # deepfake_decode_deferred counts them
+
+
+def test_a_lost_head_keeps_its_place_when_consume_order_still_lands_the_other_partitions_in_time() -> None:
+    """Near capacity the queue drains by itself: deferring here would only add the lost lane's followers to the late."""
+    counted: list[int] = []
+    order = _order(on_deferred=lambda: counted.append(1))
+    order.push(_event(0, 0, age_s=TARGET_S - AFTER_DECODE_S + 0.01))
+    order.push(_event(0, 1, age_s=0.0))
+    order.push(_event(1, 0, age_s=0.0))  # after partition 0's two events it lands at 70 ms
+    assert _drain(order) == [(0, 0), (0, 1), (1, 0)]
+    assert counted == []
+
+
+def test_the_decode_interval_is_measured_between_pops_while_events_wait_not_across_idle_time() -> None:
+    order = DecodeOrder(TARGET_S)
+    for offset in range(3):
+        order.push(_event(0, offset, age_s=0.0))
+    order.pop()
+    time.sleep(0.01)
+    order.pop()  # one event still waited: the 10 ms counts
+    assert order.pop_interval_s >= 0.01
+    order.pop()  # the last one (it waited too); the queue is empty now
+    measured = order.pop_interval_s
+    time.sleep(0.05)
+    order.push(_event(0, 3, age_s=0.0))
+    order.pop()  # nothing waited during the 50 ms: idle, not decode time
+    assert order.pop_interval_s == measured
 
 
 def test_within_a_partition_events_are_always_taken_in_offset_order() -> None:
@@ -75,6 +106,7 @@ def test_a_head_that_can_still_make_it_keeps_its_place_in_consume_order() -> Non
 
 def test_until_the_time_after_decode_is_measured_only_a_head_past_the_target_is_lost() -> None:
     order = DecodeOrder(TARGET_S)  # remaining time unknown: taken as 0
+    order.pop_interval_s = 1.0  # consume order would make partition 2 late
     order.push(_event(0, 0, age_s=0.9 * TARGET_S))
     order.push(_event(1, 0, age_s=1.1 * TARGET_S))
     order.push(_event(2, 0, age_s=0.0))
