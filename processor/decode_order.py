@@ -93,21 +93,33 @@ class DecodeOrder:
         if not live or oldest in live:
             return oldest
         first_live = min(live, key=lambda lane: self._lanes[lane][0][0])
-        ahead = self._lost_ahead_of(self._lanes[first_live][0][0], set(live))
         assert self.target_s is not None
-        if ages[first_live] + ahead * self.pop_interval_s + remaining_s < self.target_s:
+        slack_s = self.target_s - ages[first_live] - remaining_s
+        if not self._lost_ahead_at_least(self._lanes[first_live][0][0], set(live), slack_s):
             return oldest  # consume order still lands the oldest live head in time: the lost lane loses nothing more
         if self._on_deferred is not None:
             self._on_deferred()
         return first_live
 
-    def _lost_ahead_of(self, seq: int, live: set[Lane]) -> int:
-        """Events of lost lanes consumed before `seq`: what consume order decodes before that event."""
+    def _lost_ahead_at_least(self, seq: int, live: set[Lane], slack_s: float) -> bool:
+        """Whether the lost lanes' events consumed before `seq` take `slack_s` or more to decode (consume order).
+
+        Counts only up to that many, so a deep queue costs a pop no more than the live head's slack allows.
+        """
+        if self.pop_interval_s <= 0:
+            return slack_s <= 0
+        needed = slack_s / self.pop_interval_s
         ahead = 0
         for lane, queue in self._lanes.items():
-            if lane not in live:
-                ahead += sum(1 for _ in itertools.takewhile(lambda entry: entry[0] < seq, queue))
-        return ahead
+            if lane in live:
+                continue
+            for entry_seq, _ in queue:
+                if entry_seq >= seq:
+                    break
+                ahead += 1
+                if ahead >= needed:
+                    return True
+        return ahead >= needed
 
     def _lost(self, age_s: float, remaining_s: float) -> bool:
         assert self.target_s is not None
