@@ -8,9 +8,10 @@ already lost (its age plus what decode, the batcher and inference take after it,
 is past the target) waits while others can make it, so an overload costs one partition its slack instead of
 every partition a bit too much of it — but only while taking the lost lane's events first, in consume order, would
 make the oldest live head late too: near capacity the decode queue drains by itself, and a lost lane left waiting
-whenever another had events queued stayed a second behind for good (a third of the tiny model's events lost at 90 %
-load in a run where consume order lost none). Without a target, or once every head is lost, it is plain consume
-order (FIFO). A head lost for REVIVE_AT targets goes back in line: no partition waits behind the others for ever.
+whenever another had events queued stayed a second behind for good (ours kept 63 % of the tiny model's events in
+time at 90 % load in a goodput run where `triton`, decoding in consume order, kept 99.7 %). Without a target, or once
+every head is lost, it is plain consume order (FIFO). A head lost for REVIVE_AT targets goes back in line: no partition
+waits behind the others for ever.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ The scorer reports every scored batch back (`observe`), which the adaptive polic
   cheapest rows, so the backlog clears fastest without one batch making everyone behind it late. A head lost
   to the queue before the batcher (decode waiting for CPU) waits for the law's batch instead: a batch of one
   or two spends per-batch CPU that queue needs. `slo` also triages partitions (`triage_target_s`): under
-  overload, partitions whose head is already lost wait, both for a decode worker (processor.decode_order)
-  and in the batcher (`head_lost`), while the others' events make their target.
+  overload, a partition whose head is already lost waits, for a decode worker (processor.decode_order) and
+  in the batcher (`head_lost`, `in_time_behind`), while taking it in order would make another partition's
+  head late too.
 """
 
 from __future__ import annotations
