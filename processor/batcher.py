@@ -122,7 +122,7 @@ class MicroBatcher:
                     self._wake_rows = max(1, decision.wake_rows)
                 if self._closed or now >= deadline:
                     if self._closed and self._ready:
-                        return (*self._take(self.max_batch_size), now)
+                        return (*self._take(self.max_batch_size, self._ready), now)
                     return [], 0, now
                 self._cond.wait(max(wait, 0.0))
 
@@ -139,9 +139,10 @@ class MicroBatcher:
         if not self._triage or len(self._ready) < 2:
             return self._ready
         wall = time.time()
-        if not self.policy.head_lost(self._ready[0][1].age_s(wall, now)):
+        head = self._ready[0][1]
+        if not self.policy.head_lost(head.age_s(wall, now)):
             return self._ready  # younger heads are live too
-        lost: set[tuple[str, int]] = set()
+        lost = {(head.topic, head.partition)}
         live: set[tuple[str, int]] = set()
         rows_ahead, live_age = 0, None
         for _, item in self._ready:
@@ -154,7 +155,8 @@ class MicroBatcher:
                     lost.add(lane)
                 else:
                     live.add(lane)
-                    live_age = age if live_age is None else live_age
+                    if live_age is None:
+                        live_age = age
         if live_age is None or self.policy.in_time_behind(live_age, rows_ahead):
             return self._ready
         return [entry for entry in self._ready if (entry[1].topic, entry[1].partition) in live]
@@ -165,15 +167,15 @@ class MicroBatcher:
         age = head.age_s(time.time(), now)
         return QueueState(rows, now - queued_at, now - order[-1][0], age, self._arrivals.rows_per_s)
 
-    def _take(self, limit: int, order: Sequence[tuple[float, InFlight]] | None = None) -> tuple[list[InFlight], int]:
+    def _take(self, limit: int, order: Sequence[tuple[float, InFlight]]) -> tuple[list[InFlight], int]:
         items: list[InFlight] = []
         rows = 0
-        for _, item in order if order is not None else self._ready:
+        for _, item in order:
             if items and rows + _rows(item) > limit:
                 break
             items.append(item)
             rows += _rows(item)
-        if order is None or order is self._ready:
+        if order is self._ready:
             for _ in items:
                 self._ready.popleft()
         else:

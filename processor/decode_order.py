@@ -76,7 +76,8 @@ class DecodeOrder:
             item = queue.popleft()[1]
             if not queue:
                 del self._lanes[lane]
-            self._busy_since = now if self._lanes else None
+            # Only triage reads the interval: consume order (no target) measures nothing.
+            self._busy_since = now if self._lanes and self.target_s is not None else None
             return item
 
     def __len__(self) -> int:
