@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench import inproc as inproc
-from bench.goodput import policy_spec, run_policy_stages
+from bench.goodput import TRACE_NAMES, policy_spec, run_policy_stages
 from bench.goodput_report import goodput_plot, goodput_tables, partitions_lines
 from bench.gpu import register as register_gpu_check
 from bench.plot import plot
@@ -86,6 +86,12 @@ def register(sub: Any) -> None:
                    help="goodput: batching policies, comma list; POLICY:ROWS/MS runs one at bounds of its own, "
                         "e.g. fixed:64/50, and +fifo keeps decode in consume order (default: all five at the shared "
                         "bounds, plus fixed at 2x MAX_BATCH_SIZE / 10x MAX_BATCH_WAIT_MS)")  # fmt: skip
+    p.add_argument("--goodput-traces", type=_traces, default=None, metavar="TRACES",
+                   help=f"goodput: replay only these traces, comma list of {','.join(TRACE_NAMES)} (the same "
+                        "arrivals a full run gives them; default: all)")  # fmt: skip
+    p.add_argument("--goodput-slices", type=_positive, default=4,
+                   help="goodput: each trace is replayed in this many slices, the policies taking turns slice by "
+                        "slice (default 4; each cell's JSON row gives the share within the SLO per slice)")  # fmt: skip
     p.add_argument("--burst-mean-pct", type=float, default=40.0,
                    help="goodput: the bursty trace's mean, %% of the saturated rate (peaks 3x)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the result JSON here")
@@ -111,6 +117,20 @@ def _policies(text: str) -> list[str]:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return policies
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1; got {text!r}")
+    return int(text)
+
+
+def _traces(text: str) -> list[str]:
+    names = _csv(text)
+    unknown = sorted(set(names) - set(TRACE_NAMES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"traces are {', '.join(TRACE_NAMES)}; got {text!r}")
+    return names
 
 
 def _ints(text: str) -> list[int]:

@@ -51,6 +51,7 @@ class PolicySpec(NamedTuple):
 
 
 POISSON_LOADS = (25, 50, 75, 90)
+TRACE_NAMES = (*(f"poisson{pct}" for pct in POISSON_LOADS), "bursty")
 BURST_PEAK = 3.0  # bursts run at 3x the trace's mean rate, on for a third of each period, off otherwise
 PARTITION_COUNTS = (1, 6)
 
@@ -73,6 +74,8 @@ class GoodputPlan:
     # where it settles (the day's runs moved by tens of per cent in those cells and far less on ViT-Ti's 16 s+).
     min_trace_s: float = 0.0
     seed: int = 0
+    # The traces replayed (--goodput-traces); every one is still drawn, so a subset replays the same arrivals.
+    only: tuple[str, ...] = TRACE_NAMES
 
 
 def goodput_plan(settings: Settings, args: argparse.Namespace) -> GoodputPlan:
@@ -92,8 +95,9 @@ def goodput_plan(settings: Settings, args: argparse.Namespace) -> GoodputPlan:
         warm_up_s=0.3 if quick else 2.0,
         burst_mean_pct=args.burst_mean_pct,
         burst_on_s=0.2 if quick else 1.0,
-        chunks=1 if quick else 4,
+        chunks=1 if quick else args.goodput_slices,
         min_trace_s=0.0 if quick else args.goodput_seconds,
+        only=tuple(args.goodput_traces or TRACE_NAMES),
     )
 
 
@@ -111,7 +115,11 @@ def bursty_trace(mean_rate: float, count: int, on_s: float, rng: np.random.Gener
 
 
 def traces(plan: GoodputPlan, max_rate: float) -> dict[str, tuple[float, np.ndarray]]:
-    """Every trace by name → (mean offered rate, arrival offsets); one seed, so every policy sees the same."""
+    """The plan's traces by name → (mean offered rate, arrival offsets); one seed, so every policy sees the same.
+
+    Every trace is drawn in the same order whichever the plan replays, so `--goodput-traces poisson75` replays
+    exactly the arrivals the 75 % cell of a full run gets.
+    """
     rng = np.random.default_rng(plan.seed)
     out = {}
     for pct in POISSON_LOADS:
@@ -119,7 +127,7 @@ def traces(plan: GoodputPlan, max_rate: float) -> dict[str, tuple[float, np.ndar
         out[f"poisson{pct}"] = (rate, poisson_trace(rate, _events(plan, rate), rng))
     mean = max_rate * plan.burst_mean_pct / 100.0
     out["bursty"] = (mean, bursty_trace(mean, _events(plan, mean), plan.burst_on_s, rng))
-    return out
+    return {name: trace for name, trace in out.items() if name in plan.only}
 
 
 def _events(plan: GoodputPlan, rate: float) -> int:
@@ -338,6 +346,7 @@ def _measure(run: KafkaRun, running: Running, prefix: str, offsets: np.ndarray) 
                  if (o.partition, o.offset) in stamps]  # fmt: skip
     splits = [latency_split(o, stamps[(o.partition, o.offset)]) for o in scored if (o.partition, o.offset) in stamps]
     return {"latencies": latencies, "splits": splits, "dead_letters": len(replay["outputs"]) - len(scored),
+            "events": len(offsets),
             "rows": rows_after - rows_before, "batches": batches_after - batches_before,
             "late_p99_ms": replay["sent"]["late_p99_ms"]}  # fmt: skip
 
@@ -374,6 +383,10 @@ def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: Goo
     rate, offsets = trace
     latencies = [ms for part in parts for ms in part["latencies"]]
     within = sum(1 for ms in latencies if ms <= plan.latency_target_ms)
+    # Per slice too: the policies take turns slice by slice, so slice k of one policy ran next to slice k of
+    # the others, and a slow spell of a shared machine shows as one slice instead of blurring a whole cell.
+    sliced = [sum(1 for ms in part["latencies"] if ms <= plan.latency_target_ms) / max(1, part["events"])
+              for part in parts]  # fmt: skip
     seconds = _span(rate, offsets)
     rows, batches = sum(p["rows"] for p in parts), sum(p["batches"] for p in parts)
     return {"offered_per_s": round(len(offsets) / seconds, 2), "events": len(latencies),
@@ -382,4 +395,5 @@ def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: Goo
             **latency_percentiles(latencies or [0.0]), "max_ms": round(max(latencies or [0.0]), 2),
             "p99_split_ms": slowest_split(latencies, [s for part in parts for s in part["splits"]]),
             "mean_batch_size": round(rows / batches, 2) if batches else None,
+            "slices_within_fraction": [round(f, 4) for f in sliced],
             "producer_late_p99_ms": max(p["late_p99_ms"] for p in parts)}  # fmt: skip

@@ -27,6 +27,7 @@ from bench.goodput import (
     slowest_split,
     traces,
 )
+from bench.goodput import _row as goodput_cell
 from bench.goodput_report import goodput_tables, partitions_lines, policy_label
 from bench.kafka import Output
 from processor.policies import PolicyName
@@ -53,6 +54,34 @@ def test_a_trace_too_short_in_time_at_its_rate_gets_more_events_than_the_sample_
     # 25 % (50/s) and the bursts (80/s) fill 10 s with 1,000 events; 75 % (150/s) and 90 % (180/s) need more.
     assert counts == {"poisson25": 1000, "poisson50": 1000, "poisson75": 1500, "poisson90": 1800, "bursty": 1000}
     assert traces(plan, 200.0)["poisson90"][1][-1] == pytest.approx(10.0, rel=0.1)
+
+
+def test_a_subset_of_traces_replays_the_arrivals_a_full_run_gives_them() -> None:
+    full = traces(PLAN, 200.0)
+    only = traces(replace(PLAN, only=("poisson75", "bursty")), 200.0)
+    assert list(only) == ["poisson75", "bursty"]
+    for name, (rate, offsets) in only.items():
+        assert rate == full[name][0] and np.array_equal(offsets, full[name][1])
+
+
+def test_the_bench_refuses_an_unknown_trace_or_slice_count_before_measuring_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for flags in (["--goodput-traces", "poisson75,poisson80"], ["--goodput-slices", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            bench_main(["--stages", "goodput", *flags])
+        assert exit_.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_a_cell_gives_the_share_within_the_slo_of_each_slice_in_the_order_they_ran() -> None:
+    # Two slices of 4 events: the first all in time, the second one in time, one late and two never scored.
+    parts = [{"latencies": [10.0, 20.0, 30.0, 40.0], "splits": [(1.0, 2.0, 3.0, 4.0, 0.0)] * 4, "events": 4,
+              "dead_letters": 0, "rows": 4, "batches": 2, "late_p99_ms": 1.0},
+             {"latencies": [50.0, 150.0], "splits": [(1.0, 2.0, 3.0, 4.0, 0.0)] * 2, "events": 4,
+              "dead_letters": 0, "rows": 2, "batches": 1, "late_p99_ms": 2.0}]  # fmt: skip
+    cell = goodput_cell(parts, (8.0, np.arange(8) / 8.0), PLAN)
+    assert cell["slices_within_fraction"] == [1.0, 0.25]
+    assert (cell["within_slo"], cell["within_fraction"], cell["events"]) == (5, 0.625, 6)
 
 
 def test_poisson_trace_runs_at_its_rate() -> None:
@@ -132,7 +161,8 @@ def test_a_column_with_bounds_of_its_own_says_them_in_its_label() -> None:
 
 def test_every_policy_shares_the_bounds_a_user_gets_unless_the_bench_is_told_otherwise() -> None:
     args = argparse.Namespace(quick=False, slo_max_batch_size=None, slo_max_wait_ms=None, latency_target_ms=None,
-                              goodput_samples=None, burst_mean_pct=40.0, goodput_seconds=10.0)  # fmt: skip
+                              goodput_samples=None, burst_mean_pct=40.0, goodput_seconds=10.0,
+                              goodput_slices=4, goodput_traces=None)  # fmt: skip
     plan = goodput_plan(Settings(max_batch_size=32, max_batch_wait_ms=5.0), args)
     assert (plan.max_batch_size, plan.max_batch_wait_ms, plan.latency_target_ms) == (32, 5.0, 100.0)
     args.slo_max_batch_size, args.slo_max_wait_ms = 64, 50.0
