@@ -16,6 +16,7 @@ OURS = PolicyName.SLO.value
 BEAT_FIXED = 1.2  # the target: ours' goodput over the best fixed setting's, at 75 % load and in the bursts
 P99_UP_TO = 75  # % load: ours' p99 within the SLO up to here
 ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
+LEVEL = 0.01  # two slices' shares within the SLO this close (1 percentage point) count as level
 
 
 def policy_label(policy: str, plan: dict[str, Any]) -> str:
@@ -64,6 +65,7 @@ def goodput_tables(result: dict[str, Any], json_name: str | None = None) -> list
                  f"(b={fmt(policies[p][name]['mean_batch_size'])})" for p in cols]  # fmt: skip
         lines.append(f"| {_trace_label(name, trace, max_rate)} | " + " | ".join(cells) + " |")
     lines += _split_table(g, max_rate)
+    lines += _slices_table(g, max_rate)
     samples = sorted({policies[p][n]["events"] for p in cols for n in g["traces"]})
     lines += ["", f"Samples per cell: {samples[0]}" + (f"–{samples[-1]}" if samples[-1] != samples[0] else "")
               + " events (one latency each)."]  # fmt: skip
@@ -150,6 +152,45 @@ def _split_table(g: dict[str, Any], max_rate: float) -> list[str]:
             cells = " | ".join(fmt(split[part], 0) for part in parts)
             lines.append(f"| {_trace_label(name, g['traces'][name], max_rate)} | {cells} |")
     return lines
+
+
+def _slices_table(g: dict[str, Any], max_rate: float) -> list[str]:
+    """Ours against each policy slice by slice: ahead / level / behind in share within the SLO (newer JSONs only).
+
+    The policies take turns slice by slice, so slice k of every policy ran within seconds of the others: a slow
+    spell of the shared machine meets them alike, and a slice one policy loses alone says more than a cell's total.
+    """
+    policies = g["policies"]
+    ours = policies.get(OURS, {})
+    others = [p for p in policies if p != OURS]
+    names = [n for n in g["traces"] if ours.get(n, {}).get("slices_within_fraction")]
+    if not names or not others:
+        return []
+    lines = ["", "Ours against each policy slice by slice (the policies took turns, so slice k of each ran within "
+             "seconds of the others): the slices where ours kept a larger / the same (within 1 point) / a smaller "
+             "share of its events within the SLO, and each column's worst slice:", "",
+             "| trace | **slo (ours)** | " + " | ".join(policy_label(p, g["plan"]) for p in others) + " |",
+             "|---|" + "---|" * (len(others) + 1)]  # fmt: skip
+    for name in names:
+        mine = ours[name]["slices_within_fraction"]
+        cells = [f"{len(mine)} slices; worst {_pct(min(mine))}"]
+        for p in others:
+            theirs = policies[p][name].get("slices_within_fraction") or []
+            cells.append(f"{_ahead_level_behind(mine, theirs)}; worst {_pct(min(theirs))}" if theirs else "–")
+        lines.append(f"| {_trace_label(name, g['traces'][name], max_rate)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pct(share: float) -> str:
+    return f"{fmt(100 * share, 0)} %"
+
+
+def _ahead_level_behind(mine: list[float], theirs: list[float]) -> str:
+    """`5 / 2 / 1`: slices where `mine` is ahead of, level with (LEVEL), behind `theirs`, paired in order."""
+    pairs = list(zip(mine, theirs, strict=False))
+    ahead = sum(1 for m, t in pairs if m > t + LEVEL)
+    behind = sum(1 for m, t in pairs if m < t - LEVEL)
+    return f"{ahead} / {len(pairs) - ahead - behind} / {behind}"
 
 
 def partitions_lines(result: dict[str, Any], json_name: str | None = None) -> list[str]:

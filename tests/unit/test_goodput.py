@@ -123,6 +123,18 @@ def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json(
     assert "| Poisson 90 % (180.0/s) | 4 | 30 | 3 | 50 | 8 |" in table  # ours' slowest 1 %, where it waited
 
 
+def test_the_report_pairs_ours_with_each_policy_slice_by_slice() -> None:
+    sliced = {"fixed": [1.0, 0.5, 0.9, 0.995], "slo": [1.0, 0.9, 0.5, 1.0]}
+    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
+                                   "max_events": 3000},
+                          "max_images_per_s": 200.0, "traces": {"poisson75": {"mean_rate_per_s": 150.0}},
+                          "policies": {p: {"poisson75": {**_row(100.0, 90.0), "slices_within_fraction": f}}
+                                       for p, f in sliced.items()}}}  # fmt: skip
+    table = "\n".join(goodput_tables(result))
+    # Slice 2 ours ahead, slice 3 behind, slices 1 and 4 level (0.995 vs 1.0 is within a point).
+    assert "| Poisson 75 % (150.0/s) | 4 slices; worst 50 % | 1 / 2 / 1; worst 50 % |" in table
+
+
 SPLIT_90 = dict(zip(SPLIT, (4.0, 30.0, 3.0, 50.0, 8.0), strict=True))
 
 
