@@ -118,7 +118,8 @@ def _against(trace: str, ours: dict[str, Any], others: dict[str, dict[str, Any]]
     mine, top = ours[trace]["goodput_per_s"], others[best][trace]["goodput_per_s"]
     rank = _rank(trace, ours, others)
     place = "tied" if mine == top else ORDINALS.get(rank, f"{rank}th")
-    gap = "" if mine >= top or not top else f", {fmt(100 * (mine / top - 1), 1)} %"
+    behind = 100 * (mine / top - 1) if top else 0.0
+    gap = "" if mine >= top or not top else f", {fmt(behind, 1 if behind <= -0.1 else 2)} %"  # never "-0.0 %"
     return f"{_short(trace)} {fmt(mine)} vs {fmt(top)}/s `{policy_label(best, plan)}` ({place}{gap})"
 
 

@@ -208,6 +208,15 @@ def _cells(**goodput: float) -> dict[str, Any]:
 P99 = {"poisson25": 30.0, "poisson50": 45.0, "poisson75": 150.0}
 
 
+def test_a_gap_too_small_for_one_decimal_is_given_with_two() -> None:
+    policies = {"triton": _cells(poisson50=77.19), "slo": _cells(poisson50=77.16)}
+    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
+                                   "max_events": 3000},
+                          "max_images_per_s": 157.0, "traces": {"poisson50": {"mean_rate_per_s": 78.6}},
+                          "policies": policies}}  # fmt: skip
+    assert "50 % 77.2 vs 77.2/s `triton` (2nd, -0.04 %)" in "\n".join(goodput_tables(result))
+
+
 def test_the_report_states_each_target_from_the_runs_own_rows() -> None:
     traces_ = {name: {"mean_rate_per_s": 100.0} for name in ("poisson25", "poisson50", "poisson75", "bursty")}
     policies = {"fixed": _cells(poisson25=50.0, poisson50=99.0, poisson75=60.0, bursty=10.0),
