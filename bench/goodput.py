@@ -382,11 +382,11 @@ def _row(parts: list[dict[str, Any]], trace: tuple[float, np.ndarray], plan: Goo
     """One (policy, trace) cell from its slices: goodput over the whole trace's duration, percentiles of all."""
     rate, offsets = trace
     latencies = [ms for part in parts for ms in part["latencies"]]
-    within = sum(1 for ms in latencies if ms <= plan.latency_target_ms)
-    # Per slice too: the policies take turns slice by slice, so slice k of one policy ran next to slice k of
+    # Counted per slice: the policies take turns slice by slice, so slice k of one policy ran next to slice k of
     # the others, and a slow spell of a shared machine shows as one slice instead of blurring a whole cell.
-    sliced = [sum(1 for ms in part["latencies"] if ms <= plan.latency_target_ms) / max(1, part["events"])
-              for part in parts]  # fmt: skip
+    in_time = [sum(1 for ms in part["latencies"] if ms <= plan.latency_target_ms) for part in parts]
+    within = sum(in_time)
+    sliced = [n / max(1, part["events"]) for n, part in zip(in_time, parts, strict=True)]
     seconds = _span(rate, offsets)
     rows, batches = sum(p["rows"] for p in parts), sum(p["batches"] for p in parts)
     return {"offered_per_s": round(len(offsets) / seconds, 2), "events": len(latencies),
