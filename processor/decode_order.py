@@ -91,13 +91,13 @@ class DecodeOrder:
         now_wall = time.time()
         remaining_s = self._remaining_s()
         ages = {lane: q[0][1].age_s(now_wall, now_mono) for lane, q in self._lanes.items()}
-        live = [lane for lane in self._lanes if not self._lost(ages[lane], remaining_s)]
+        live = {lane for lane in self._lanes if not self._lost(ages[lane], remaining_s)}
         if not live or oldest in live:
             return oldest
         first_live = min(live, key=lambda lane: self._lanes[lane][0][0])
         assert self.target_s is not None
         slack_s = self.target_s - ages[first_live] - remaining_s
-        if not self._lost_ahead_at_least(self._lanes[first_live][0][0], set(live), slack_s):
+        if not self._lost_ahead_at_least(self._lanes[first_live][0][0], live, slack_s):
             return oldest  # consume order still lands the oldest live head in time: the lost lane loses nothing more
         if self._on_deferred is not None:
             self._on_deferred()
