@@ -170,7 +170,7 @@ def _slices_table(g: dict[str, Any], max_rate: float) -> list[str]:
     lines = ["", "Ours against each policy slice by slice (the policies took turns, so slice k of each ran within "
              "seconds of the others): the slices where ours kept a larger / the same (within 1 point) / a smaller "
              "share of its events within the SLO, and each column's worst slice:", "",
-             "| trace | **slo (ours)** | " + " | ".join(policy_label(p, g["plan"]) for p in others) + " |",
+             "| trace | " + " | ".join(policy_label(p, g["plan"]) for p in (OURS, *others)) + " |",
              "|---|" + "---|" * (len(others) + 1)]  # fmt: skip
     for name in names:
         mine = ours[name]["slices_within_fraction"]
