@@ -87,14 +87,18 @@ def goodput_targets(g: dict[str, Any]) -> list[str]:
     fixed = {p: rows for p, rows in others.items() if policy_spec(p).name is PolicyName.FIXED}
     checked = [n for n in (f"poisson{P99_UP_TO}", "bursty") if n in names]
     if fixed and checked:
-        ratios = {
-            n: _ratio(ours[n]["goodput_per_s"], max(r[n]["goodput_per_s"] for r in fixed.values())) for n in checked
-        }
+        best_fixed = {n: max(r[n]["goodput_per_s"] for r in fixed.values()) for n in checked}
+        ratios = {n: _ratio(ours[n]["goodput_per_s"], best_fixed[n]) for n in checked}
+        # No policy can keep more than every event in time: where the best fixed setting already kept most of the
+        # offered rate, the target is out of reach for any policy, and the line says so rather than leave it implied.
+        reachable = {n: _ratio(ours[n]["offered_per_s"], best_fixed[n]) for n in checked}
         met = all(r >= BEAT_FIXED for r in ratios.values())
         lines.append(
             f"- Ours ≥ {BEAT_FIXED} × the best fixed setting ({', '.join(policy_label(p, plan) for p in fixed)}) "
             f"at {P99_UP_TO} % load and in the bursts: {_verdict(met)} — "
-            + "; ".join(f"{_short(n)} {'∞' if math.isinf(r) else fmt(r, 2)} ×" for n, r in ratios.items())
+            + "; ".join(
+                f"{_short(n)} {_times(ratios[n])} (any policy: at most {_times(reachable[n])})" for n in checked
+            )
             + "."
         )
     capped = [n for n in (f"poisson{pct}" for pct in POISSON_LOADS if pct <= P99_UP_TO) if n in names]
@@ -127,6 +131,11 @@ def _ratio(mine: float, fixed: float) -> float:
     if fixed > 0:
         return mine / fixed
     return math.inf if mine > 0 else 0.0
+
+
+def _times(ratio: float) -> str:
+    """`1.09 ×`; a fixed setting that kept nothing in time gives `∞ ×`."""
+    return f"{'∞' if math.isinf(ratio) else fmt(ratio, 2)} ×"
 
 
 def _short(trace: str) -> str:
