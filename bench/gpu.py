@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from models.cpus import usable_cpus
 from processor.engine import Engine
 from processor.providers import CUDA, TRT
-from processor.settings import Providers, Settings, default_trt_cache_dir, usable_cpus
+from processor.settings import Providers, Settings, default_trt_cache_dir
 
 MEMORY_TARGET_MB = 2300.0
 E2E_FRACTION = 0.8

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from processor.settings import usable_cpus
+from models.cpus import usable_cpus
 
 GPU_COMMAND = "`deepfake-processor bench --arch vit-b16 --variants fp16 --providers cuda --batch-sizes 1,8,16,32,64`"
 

@@ -9,7 +9,6 @@ read as a sigmoid over two labels), and finite outputs on a synthetic batch.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from models.cpus import usable_cpus
 from models.errors import ModelError
 from models.loader import ModelFiles, fake_class_index, find_variants, resolve_model
 from models.preprocess import PreprocessConfig
@@ -170,7 +170,7 @@ def open_session(path: Path, threads: int = 0) -> Any:
     """A CPU session configured as the engine configures its own (full graph optimisation, no spinning)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or usable_cpus()  # as the engine: the CPUs this process may run on
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine: no idle spinning
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

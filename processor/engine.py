@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from models.cpus import usable_cpus
 from models.loader import ModelFiles, fake_class_index
 from models.postprocess import probabilities
 from processor.errors import ConfigError
@@ -29,7 +30,7 @@ from processor.providers import (
     preload_cuda_libraries,
     provider_options,
 )
-from processor.settings import Providers, default_trt_cache_dir, usable_cpus
+from processor.settings import Providers, default_trt_cache_dir
 from processor.static_binding import StaticBindings, TensorSpec
 from schemas import ModelRef
 

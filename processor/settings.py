@@ -11,22 +11,13 @@ from typing import Annotated, Any
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.cpus import usable_cpus
 from processor.errors import ConfigError
 from processor.policies import PolicyName
 
 ENV_PREFIX = "DFP_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
 MiB = 1024 * 1024
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity, else os.cpu_count().
-
-    A cpuset-limited container or a pinned process sees its own share, where os.cpu_count() reports the host's.
-    """
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class Delivery(StrEnum):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -240,3 +241,13 @@ def test_validate_reports_a_file_onnxruntime_cannot_load(tmp_path: Path) -> None
     (path / "onnx" / "model_fp16.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(ModelError, match=r"fp16 \(model_fp16\.onnx\): onnxruntime cannot load it"):
         validate_model_dir(path)
+
+
+def test_validate_sizes_its_session_to_the_cpus_this_process_may_run_on(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the engine: a cpuset-limited container sees its 3 CPUs, not the host's 64 (threads past them only contend).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    session = open_session(resolve_model(tiny_dir, "fp32").onnx_path)
+    assert session.get_session_options().intra_op_num_threads == 3

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from models.cpus import usable_cpus
 from processor.errors import ConfigError
-from processor.settings import Delivery, LogFormat, MiB, Providers, Variant, load_settings, usable_cpus
+from processor.settings import Delivery, LogFormat, MiB, Providers, Variant, load_settings
 
 
 @pytest.fixture(autouse=True)
