@@ -15,6 +15,7 @@ NAMES = {"triton": "triton", "cork": "cork (BentoML)", "aimd": "aimd (Clipper)",
 OURS = PolicyName.SLO.value
 BEAT_FIXED = 1.2  # the target: ours' goodput over the best fixed setting's, at 75 % load and in the bursts
 P99_UP_TO = 75  # % load: ours' p99 within the SLO up to here
+P99_SHARE = 0.99  # of a cell's events within the SLO: what a p99 within it takes
 ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
 LEVEL = 0.01  # two slices' shares within the SLO this close (1 percentage point) count as level
 
@@ -106,8 +107,21 @@ def goodput_targets(g: dict[str, Any]) -> list[str]:
         target = plan["latency_target_ms"]
         over = [n for n in capped if ours[n]["p99_ms"] > target]
         lines.append(f"- Ours' p99 within the {fmt(target, 0)} ms SLO up to {P99_UP_TO} % load: {_verdict(not over)} — "
-                     + ", ".join(f"{_short(n)} {fmt(ours[n]['p99_ms'], 0)} ms" for n in capped) + ".")  # fmt: skip
+                     + ", ".join(f"{_short(n)} {fmt(ours[n]['p99_ms'], 0)} ms" for n in capped)
+                     + _none_kept_99(over, policies, plan) + ".")  # fmt: skip
     return lines
+
+
+def _none_kept_99(over: list[str], policies: dict[str, Any], plan: dict[str, Any]) -> str:
+    """A p99 within the SLO means 99 % of the events within it: the loads where no policy kept that many."""
+    parts = []
+    for n in over:
+        best = max(policies, key=lambda p: policies[p][n]["within_fraction"])
+        if policies[best][n]["within_fraction"] < P99_SHARE:
+            share = fmt(100 * policies[best][n]["within_fraction"], 1)
+            who = "ours" if best == OURS else f"`{policy_label(best, plan)}`"
+            parts.append(f"{_short(n)}: the most any policy kept within the SLO was {share} % ({who})")
+    return f" (a p99 within the SLO needs 99 % of the events within it; {'; '.join(parts)})" if parts else ""
 
 
 def _rank(trace: str, ours: dict[str, Any], others: dict[str, dict[str, Any]]) -> int:
