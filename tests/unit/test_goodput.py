@@ -103,14 +103,20 @@ def _row(goodput: float, p99: float, offered: float = 125.0) -> dict[str, Any]:
             "p99_ms": p99, "events": 1000, "mean_batch_size": 4.0}  # fmt: skip
 
 
+def _result(policies: dict[str, Any], rates: dict[str, float], max_rate: float, bounds: tuple[int, float] = (32, 5.0)
+            ) -> dict[str, Any]:  # fmt: skip
+    """A saved goodput result as the report reads it: one cell per policy and trace, each trace at its mean rate."""
+    plan = {"max_batch_size": bounds[0], "max_batch_wait_ms": bounds[1], "latency_target_ms": 100.0, "max_events": 3000}
+    return {"goodput": {"plan": plan, "max_images_per_s": max_rate, "policies": policies,
+                        "traces": {name: {"mean_rate_per_s": rate} for name, rate in rates.items()}}}  # fmt: skip
+
+
 def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json() -> None:
-    result = {"goodput": {"plan": {"max_batch_size": 64, "max_batch_wait_ms": 50.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 200.0,
-                          "traces": {"poisson90": {"mean_rate_per_s": 180.0}, "bursty": {"mean_rate_per_s": 80.0}},
-                          "policies": {"fixed": {"poisson90": _row(60.0, 900.0), "bursty": _row(70.0, 300.0)},
-                                       "slo": {"poisson90": {**_row(170.0, 95.0), "p99_split_ms": SPLIT_90},
-                                               "bursty": _row(78.0, 90.0)}}},
+    policies = {
+        "fixed": {"poisson90": _row(60.0, 900.0), "bursty": _row(70.0, 300.0)},
+        "slo": {"poisson90": {**_row(170.0, 95.0), "p99_split_ms": SPLIT_90}, "bursty": _row(78.0, 90.0)},
+    }
+    result = {**_result(policies, {"poisson90": 180.0, "bursty": 80.0}, 200.0, bounds=(64, 50.0)),
               "partitions": {"events": 3000, "images_per_s": {"1": 190.0, "6": 200.0, "1, 16 MiB fetches": 194.0},
                              "ratio_1_over_6": 0.95, "ratio_1_big_fetch_over_6": 0.97, "runs": {"1": [190.0]},
                              "met": True, "settings": {"max_batch_size": 32, "max_batch_wait_ms": 5.0}}}  # fmt: skip
@@ -125,11 +131,8 @@ def test_report_has_one_column_per_policy_and_one_row_per_trace_citing_its_json(
 
 def test_the_report_pairs_ours_with_each_policy_slice_by_slice() -> None:
     sliced = {"fixed": [1.0, 0.5, 0.9, 0.995], "slo": [1.0, 0.9, 0.5, 1.0]}
-    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 200.0, "traces": {"poisson75": {"mean_rate_per_s": 150.0}},
-                          "policies": {p: {"poisson75": {**_row(100.0, 90.0), "slices_within_fraction": f}}
-                                       for p, f in sliced.items()}}}  # fmt: skip
+    policies = {p: {"poisson75": {**_row(100.0, 90.0), "slices_within_fraction": f}} for p, f in sliced.items()}
+    result = _result(policies, {"poisson75": 150.0}, 200.0)
     table = "\n".join(goodput_tables(result))
     # Slice 2 ours ahead, slice 3 behind, slices 1 and 4 level (0.995 vs 1.0 is within a point).
     assert "| Poisson 75 % (150.0/s) | 4 slices; worst 50 % | 1 / 2 / 1; worst 50 % |" in table
@@ -210,22 +213,17 @@ P99 = {"poisson25": 30.0, "poisson50": 45.0, "poisson75": 150.0}
 
 def test_a_gap_too_small_for_one_decimal_is_given_with_two() -> None:
     policies = {"triton": _cells(poisson50=77.19), "slo": _cells(poisson50=77.16)}
-    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 157.0, "traces": {"poisson50": {"mean_rate_per_s": 78.6}},
-                          "policies": policies}}  # fmt: skip
+    result = _result(policies, {"poisson50": 78.6}, 157.0)
     assert "50 % 77.2 vs 77.2/s `triton` (2nd, -0.04 %)" in "\n".join(goodput_tables(result))
 
 
 def test_the_report_states_each_target_from_the_runs_own_rows() -> None:
-    traces_ = {name: {"mean_rate_per_s": 100.0} for name in ("poisson25", "poisson50", "poisson75", "bursty")}
     policies = {"fixed": _cells(poisson25=50.0, poisson50=99.0, poisson75=60.0, bursty=10.0),
                 "fixed:32/5": _cells(poisson25=50.0, poisson50=99.0, poisson75=80.0, bursty=30.0),
                 "triton": _cells(poisson25=50.0, poisson50=100.0, poisson75=90.0, bursty=35.0),
                 "slo": _cells(poisson25=50.0, poisson50=98.0, poisson75=120.0, bursty=40.0)}  # fmt: skip
-    result = {"goodput": {"plan": {"max_batch_size": 64, "max_batch_wait_ms": 50.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 200.0, "traces": traces_, "policies": policies}}  # fmt: skip
+    rates = dict.fromkeys(("poisson25", "poisson50", "poisson75", "bursty"), 100.0)
+    result = _result(policies, rates, 200.0, bounds=(64, 50.0))
     table = "\n".join(goodput_tables(result))
     assert "| trace (mean offered rate) | fixed 64 / 50 ms | fixed 32 / 5 ms | triton | **slo (ours)** |" in table
     assert "shares the bounds 64 rows / 50.0 ms (except fixed 32 / 5 ms, at bounds of its own)" in table
@@ -250,10 +248,7 @@ def test_the_report_says_when_no_policy_could_reach_the_ratio_over_the_best_fixe
     # Fixed batching kept 90 of the 100 events/s offered at 75 %: keeping every event in time gives 1.11 ×.
     policies = {"fixed": {"poisson75": _row(90.0, 150.0, offered=100.0)},
                 "slo": {"poisson75": _row(98.0, 120.0, offered=100.0)}}  # fmt: skip
-    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 133.0, "traces": {"poisson75": {"mean_rate_per_s": 100.0}},
-                          "policies": policies}}  # fmt: skip
+    result = _result(policies, {"poisson75": 100.0}, 133.0)
     table = "\n".join(goodput_tables(result))
     assert "at 75 % load and in the bursts: **not met** — 75 % 1.09 × (any policy: at most 1.11 ×)." in table
 
@@ -261,9 +256,6 @@ def test_the_report_says_when_no_policy_could_reach_the_ratio_over_the_best_fixe
 def test_the_p99_line_names_no_ceiling_where_some_policy_kept_99_percent_in_time() -> None:
     fixed = {**_row(99.0, 90.0), "within_fraction": 0.995}  # fixed batching kept its p99 within the SLO
     policies = {"fixed": {"poisson75": fixed}, "slo": {"poisson75": {**_row(97.0, 130.0), "within_fraction": 0.97}}}
-    result = {"goodput": {"plan": {"max_batch_size": 32, "max_batch_wait_ms": 5.0, "latency_target_ms": 100.0,
-                                   "max_events": 3000},
-                          "max_images_per_s": 133.0, "traces": {"poisson75": {"mean_rate_per_s": 100.0}},
-                          "policies": policies}}  # fmt: skip
+    result = _result(policies, {"poisson75": 100.0}, 133.0)
     table = "\n".join(goodput_tables(result))
     assert "- Ours' p99 within the 100 ms SLO up to 75 % load: **not met** — 75 % 130 ms.\n" in table + "\n"
